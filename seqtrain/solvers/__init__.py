@@ -1,0 +1,14 @@
+"""Parallel evaluation of nonlinear recurrences (pure JAX; knows nothing of Flax).
+
+    hs, info = seqtrain.solvers.solve(step, params, h0, xs, method="quasi_deer")
+"""
+from seqtrain.solvers.api import (ALIASES, METHODS, SolveInfo, SolverError, canonical_method,
+                                  default_tolerances, solve)
+from seqtrain.solvers.jacobians import dense_linearization, jvp_diag_linearization
+from seqtrain.solvers.scan import kalman_smoother_mean, linear_scan, linear_scan_sequential
+
+__all__ = [
+    "ALIASES", "METHODS", "SolveInfo", "SolverError", "canonical_method", "default_tolerances",
+    "dense_linearization", "jvp_diag_linearization", "kalman_smoother_mean", "linear_scan",
+    "linear_scan_sequential", "solve",
+]

@@ -1,0 +1,284 @@
+"""The one public entry point: ``solve(step, params, h0, xs, method=...)``."""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.flatten_util import ravel_pytree
+
+from seqtrain.solvers import adjoint as adj
+from seqtrain.solvers.elk import elk_solve
+from seqtrain.solvers.jacobians import (dense_linearization, flat_diag_hook, flat_step,
+                                        jvp_diag_linearization)
+from seqtrain.solvers.newton import newton_solve
+
+METHODS = ("sequential", "deer", "quasi_deer", "elk", "quasi_elk")
+ALIASES = {"ike": "elk", "quasi_ike": "quasi_elk"}
+ON_FAILURE = ("sequential", "return", "raise")
+INITS = ("zeros", "warm")
+
+
+class SolveInfo(NamedTuple):
+  """Diagnostics of one solve (arrays; batched under vmap).
+
+  iterations: Newton/LM iterations taken (rejected damped steps included).
+  residual:   max |h_t - f(h_{t-1}, x_t)| of the parallel solver's last iterate.
+  converged:  whether that iterate met atol + rtol * |h| at every step.
+  fallback:   True where the result came from the sequential fallback.
+  lam:        final damping (damped methods; 0 otherwise).
+  resets:     iterations in which non-finite iterates were reset.
+  """
+  iterations: jax.Array
+  residual: jax.Array
+  converged: jax.Array
+  fallback: jax.Array
+  lam: jax.Array
+  resets: jax.Array
+
+
+class SolverError(RuntimeError):
+  """Raised (through the runtime) when on_failure='raise' and a solve fails."""
+
+
+def default_tolerances(dtype) -> tuple[float, float]:
+  """(atol, rtol) on the per-step residual for a state dtype."""
+  dtype = jnp.dtype(dtype)
+  if dtype == jnp.float64:
+    return 1e-10, 1e-10
+  if dtype == jnp.float32:
+    return 1e-5, 1e-5
+  return 1e-2, 1e-2
+
+
+def canonical_method(method: str) -> str:
+  name = ALIASES.get(method, method)
+  if name not in METHODS:
+    valid = ", ".join(METHODS + tuple(ALIASES))
+    raise ValueError(f"unknown solver method {method!r}; valid methods: {valid}")
+  return name
+
+
+def _sequence_length(xs, length):
+  leaves = jax.tree_util.tree_leaves(xs)
+  lengths = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
+  if None in lengths:
+    raise ValueError("every leaf of xs needs a leading time axis; found a scalar leaf")
+  if len(lengths) > 1:
+    raise ValueError(f"leaves of xs disagree on the time axis length: {sorted(lengths)}")
+  if lengths:
+    (t,) = lengths
+    if length is not None and length != t:
+      raise ValueError(f"length={length} but xs has {t} steps")
+  elif length is None:
+    raise ValueError("xs has no arrays: pass length= for the number of steps")
+  else:
+    t = length
+  if t < 1:
+    raise ValueError(f"sequence length must be >= 1, got {t}")
+  return int(t)
+
+
+def _where_failed(ok, z, fallback: Callable, *args):
+  """``z`` where ``ok``, else ``fallback(*args)``.
+
+  Under vmap a plain lax.cond turns into a select that runs the fallback for
+  every sequence.  The custom batching rule runs it (for the whole batch) only
+  when some sequence in the batch actually failed.
+  """
+  @jax.custom_batching.custom_vmap
+  def pick(ok, z, *args):
+    return lax.cond(ok, lambda: z, lambda: fallback(*args))
+
+  @pick.def_vmap
+  def _rule(axis_size, in_batched, ok, z, *args):
+    ok_b, z_b, *args_b = in_batched
+    if not ok_b:
+      ok = jnp.broadcast_to(ok, (axis_size,) + ok.shape)
+    if not z_b:
+      z = jnp.broadcast_to(z, (axis_size,) + z.shape)
+    axes = jax.tree_util.tree_map(lambda b: 0 if b else None, list(args_b))
+
+    def run_fallback():
+      zf = jax.vmap(fallback, in_axes=tuple(axes), axis_size=axis_size)(*args)
+      mask = ok.reshape(ok.shape + (1,) * (z.ndim - ok.ndim))
+      return jnp.where(mask, z, zf)
+
+    return lax.cond(jnp.all(ok), lambda: z, run_fallback), True
+
+  return pick(ok, z, *args)
+
+
+def _raise_on_failure(converged, residual, iterations, method):
+  if not bool(np.all(converged)):
+    raise SolverError(
+        f"{method} did not converge: residual {np.max(residual):.3e} after "
+        f"{int(np.max(iterations))} iterations (on_failure='raise')")
+
+
+def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "quasi_deer", *,
+          length: int | None = None,
+          atol: float | None = None, rtol: float | None = None, max_iter: int = 100,
+          init: Any = "zeros", on_failure: str = "sequential",
+          diag_jacobian: Callable | None = None, jvp_batch: int | None = None,
+          chunk: int | None = None, mode: str | None = None, adjoint: str | None = None,
+          lam_init: float = 1e-3, adaptive_lambda: bool = True, elk_step: str = "smoother",
+          clip: float = 1e8):
+  """Evaluates h_t = step(params, h_{t-1}, x_t), t = 1..T, in parallel over T.
+
+  Args:
+    step: pure function (params, h, x) -> h_next; h may be any pytree of arrays
+      (e.g. an LSTM's (c, h)).  Everything traced that it uses should come in
+      through ``params`` (closed-over arrays are hoisted and differentiated too).
+    params: pytree of parameters (differentiable).
+    h0: initial state pytree (differentiable).
+    xs: pytree of inputs with leading time axis T (differentiable), or None
+      with ``length``.
+    method: "sequential" (lax.scan), "deer" (Newton, dense Jacobian),
+      "quasi_deer" (diagonal Jacobian), "elk" (damped, dense), "quasi_elk"
+      (damped, diagonal); "ike"/"quasi_ike" are aliases of the damped ones.
+    atol, rtol: per-step residual tolerance |r_t| <= atol + rtol |h_t|
+      (default per dtype, see ``default_tolerances``).
+    max_iter: cap on iterations (Newton converges in at most T by causality).
+    init: "zeros", "warm" (h_t = f(h0, x_t), computed in parallel) or a
+      trajectory pytree shaped like the output.
+    on_failure: "sequential" (default: exact lax.scan result, info.fallback set),
+      "return" (the unconverged iterate, info.converged False) or "raise".
+    diag_jacobian: optional analytic hook (params, h, x) -> (h_next, diag(df/dh))
+      used by the quasi methods instead of the JVP fallback.
+    jvp_batch: JVP directions per block in the generic diagonal (default all).
+    chunk: positions per chunk in the Newton scan (default about sqrt(T)).
+    mode: "store" (default for quasi_deer) or "recompute" (default for deer).
+    adjoint: backward pass: "dense" (default for deer/elk), "quasi" (default for
+      quasi methods; exact, preconditioned iteration), "sequential" (exact,
+      lax.scan), or "approx" (diag(J) only: the reference code's APPROXIMATE
+      gradient, cheaper and wrong by tens of percent for dense-weight cells).
+    lam_init, adaptive_lambda, elk_step: damped methods: initial lambda,
+      gain-ratio adaptation (False: fixed lambda, all steps accepted, as in the
+      paper), "smoother" (exact LM step) or "filter" (the paper's filter-only step).
+    clip: magnitude at which iterates are clipped (non-finite ones are reset).
+
+  Returns:
+    (hs, info): hs has the structure of h0 with a leading axis T (states 1..T);
+    info is a ``SolveInfo``.
+  """
+  method = canonical_method(method)
+  if on_failure not in ON_FAILURE:
+    raise ValueError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}")
+  if elk_step not in ("smoother", "filter"):
+    raise ValueError(f"elk_step must be 'smoother' or 'filter', got {elk_step!r}")
+  if adjoint is not None and adjoint not in adj.ADJOINTS:
+    raise ValueError(f"adjoint must be one of {adj.ADJOINTS}, got {adjoint!r}")
+  if max_iter < 0:
+    raise ValueError(f"max_iter must be >= 0, got {max_iter}")
+  t = _sequence_length(xs, length)
+  z0, unravel = ravel_pytree(h0)
+  if not jnp.issubdtype(z0.dtype, jnp.floating):
+    raise TypeError(f"the state must be floating point, got {z0.dtype}")
+  d_atol, d_rtol = default_tolerances(z0.dtype)
+  atol = d_atol if atol is None else atol
+  rtol = d_rtol if rtol is None else rtol
+  quasi = method in ("quasi_deer", "quasi_elk")
+  kind = "diag" if quasi else "dense"
+  adjoint = adjoint or ("quasi" if quasi else "dense")
+  mode = mode or ("store" if quasi else "recompute")
+
+  def unravel_traj(z):
+    return jax.vmap(unravel)(z)
+
+  if method == "sequential":
+    def body(h, x):
+      h = step(params, h, x)
+      return h, h
+    _, hs = lax.scan(body, h0, xs, length=t)
+    zero = jnp.zeros((), z0.dtype)
+    info = SolveInfo(jnp.int32(0), zero, jnp.bool_(True), jnp.bool_(False), zero, jnp.int32(0))
+    return hs, info
+
+  # Hoist closed-over arrays into explicit (differentiable) arguments.
+  x_first = jax.tree_util.tree_map(lambda a: a[0], xs)
+  fz_closed, consts = jax.closure_convert(flat_step(step, unravel), params, z0, x_first)
+  fz = lambda p, z, x: fz_closed(p[0], z, x, *p[1])
+  hook_consts = ()
+  if quasi and diag_jacobian is not None:
+    hook_closed, hook_consts = jax.closure_convert(
+        flat_diag_hook(diag_jacobian, unravel), params, z0, x_first)
+    diag_lin = lambda p, z, x: hook_closed(p[0], z, x, *p[2])
+  else:
+    diag_lin = jvp_diag_linearization(fz, jvp_batch)
+  dense_lin = dense_linearization(fz)
+  lin = diag_lin if quasi else dense_lin
+  all_params = (params, tuple(consts), tuple(hook_consts))
+
+  if isinstance(init, str):
+    if init not in INITS:
+      raise ValueError(f"init must be one of {INITS} or a trajectory, got {init!r}")
+  else:
+    z_init_given = jax.vmap(lambda h: ravel_pytree(h)[0])(init)
+    if z_init_given.shape != (t,) + z0.shape:
+      raise ValueError(
+          f"init trajectory has flat shape {z_init_given.shape}, expected {(t,) + z0.shape}")
+
+  def sequential_flat(p, z0_, xs_):
+    def body(z, x):
+      z = fz(p, z, x)
+      return z, z
+    return lax.scan(body, z0_, xs_, length=t)[1]
+
+  def forward(p, z0_, xs_):
+    if isinstance(init, str) and init == "zeros":
+      zinit = jnp.zeros((t,) + z0_.shape, z0_.dtype)
+    elif isinstance(init, str):
+      zinit = jax.vmap(fz, in_axes=(None, None, 0))(p, z0_, xs_)
+    else:
+      zinit = z_init_given.astype(z0_.dtype)
+    common = dict(kind=kind, atol=atol, rtol=rtol, max_iter=max_iter)
+    if method in ("deer", "quasi_deer"):
+      z, st = newton_solve(lin, p, z0_, xs_, zinit, length=t, chunk=chunk, mode=mode,
+                           clip=clip, **common)
+      lam = jnp.zeros((), z0_.dtype)
+    else:
+      z, st = elk_solve(lin, p, z0_, xs_, zinit, lam_init=lam_init,
+                        adaptive=adaptive_lambda, smooth=elk_step == "smoother", **common)
+      lam = st.lam
+    fallback = jnp.bool_(False)
+    if on_failure == "sequential":
+      z = _where_failed(st.converged, z, sequential_flat, p, z0_, xs_)
+      fallback = ~st.converged
+    elif on_failure == "raise":
+      jax.debug.callback(functools.partial(_raise_on_failure, method=method),
+                         st.converged, st.residual, st.iterations)
+    info = SolveInfo(st.iterations, st.residual, st.converged, fallback, lam, st.resets)
+    return z, info
+
+  @jax.custom_vjp
+  def run(p, z0_, xs_):
+    return forward(p, z0_, xs_)
+
+  def run_fwd(p, z0_, xs_):
+    z, info = forward(p, z0_, xs_)
+    return (z, info), (p, z0_, xs_, z)
+
+  def run_bwd(res, cts):
+    p, z0_, xs_, z = res
+    g = cts[0]
+    zprev = jnp.concatenate([z0_[None], z[:-1]])
+    if adjoint == "dense":
+      mu = adj.dense_adjoint(dense_lin, p, zprev, xs_, g)
+    elif adjoint == "sequential":
+      mu = adj.sequential_adjoint(fz, p, zprev, xs_, g)
+    elif adjoint == "approx":
+      mu = adj.approx_adjoint(diag_lin, p, zprev, xs_, g)
+    else:
+      mu, _, ok = adj.quasi_adjoint(fz, diag_lin, p, zprev, xs_, g, atol=atol, rtol=rtol,
+                                    max_iter=max(max_iter, 1))
+      mu = _where_failed(ok, mu, lambda p_, zp_, x_, g_: adj.sequential_adjoint(fz, p_, zp_, x_, g_),
+                         p, zprev, xs_, g)
+    return adj.input_gradients(fz, p, z0_, zprev, xs_, mu)
+
+  run.defvjp(run_fwd, run_bwd)
+  z, info = run(all_params, z0, xs)
+  return unravel_traj(z), info

@@ -1,0 +1,226 @@
+"""Parallel linear recurrences: h_t = A_t h_{t-1} + b_t (or reverse in time).
+
+Elements come in three structures, all sharing one associative combine:
+
+* ``"diag"``:  A has the shape of b (T, D); products are elementwise.
+* ``"dense"``: A is (T, D, D); products are matrix products at full float32
+  precision (``Precision.HIGHEST``), so TF32 tensor cores on Ampere/Hopper
+  cannot silently degrade the combine (docs/method.md, "TF32 trap").
+* ``"block"``: A is (T, nb, bs, bs) acting on b of shape (T, nb * bs).
+
+The Kalman filter/smoother elements used by the damped (ELK) solvers live here
+too, because they are scans over the same kinds of elements.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+HIGHEST = lax.Precision.HIGHEST
+KINDS = ("diag", "dense", "block")
+
+
+class DiagOps:
+  """Linear algebra on diagonal matrices stored as vectors."""
+
+  @staticmethod
+  def mv(a, x):
+    return a * x
+
+  @staticmethod
+  def mm(a, b):
+    return a * b
+
+  @staticmethod
+  def t(a):
+    return a
+
+  @staticmethod
+  def eye(x):
+    return jnp.ones_like(x)
+
+  @staticmethod
+  def solve(a, b):
+    """a^{-1} b for matrix-shaped b (here: elementwise)."""
+    return b / a
+
+  @staticmethod
+  def diag_of(a):
+    return a
+
+
+class DenseOps:
+  """Linear algebra on dense matrices (last two axes), full precision."""
+
+  @staticmethod
+  def mv(a, x):
+    return jnp.einsum("...ij,...j->...i", a, x, precision=HIGHEST)
+
+  @staticmethod
+  def mm(a, b):
+    return jnp.matmul(a, b, precision=HIGHEST)
+
+  @staticmethod
+  def t(a):
+    return jnp.swapaxes(a, -1, -2)
+
+  @staticmethod
+  def eye(x):
+    d = x.shape[-1]
+    return jnp.broadcast_to(jnp.eye(d, dtype=x.dtype), x.shape + (d,))
+
+  @staticmethod
+  def solve(a, b):
+    return jnp.linalg.solve(a, b)
+
+  @staticmethod
+  def diag_of(a):
+    return jnp.diagonal(a, axis1=-2, axis2=-1)
+
+
+def ops_for(kind: str):
+  if kind == "diag":
+    return DiagOps
+  if kind in ("dense", "block"):
+    return DenseOps
+  raise ValueError(f"unknown element kind {kind!r}; expected one of {KINDS}")
+
+
+def _affine_combine(ops):
+  def combine(e1, e2):
+    a1, b1 = e1
+    a2, b2 = e2
+    return ops.mm(a2, a1), ops.mv(a2, b1) + b2
+  return combine
+
+
+def linear_scan(a, b, h0=None, *, kind: str = "diag", reverse: bool = False):
+  """Solves h_t = A_t h_{t-1} + b_t for t = 0..T-1 with h_{-1} = h0 (or 0).
+
+  With ``reverse=True`` it solves h_t = A_t h_{t+1} + b_t with h_T = h0 (or 0),
+  the form of an adjoint recurrence.  Depth O(log T) via an associative scan.
+
+  Args:
+    a: (T, D) for "diag", (T, D, D) for "dense", (T, nb, bs, bs) for "block".
+    b: (T, D).
+    h0: optional (D,) boundary state.
+    kind: "diag", "dense" or "block".
+    reverse: run backwards in time.
+
+  Returns:
+    h: (T, D).
+  """
+  ops = ops_for(kind)
+  if a.shape[0] != b.shape[0]:
+    raise ValueError(f"A has {a.shape[0]} steps but b has {b.shape[0]}")
+  if b.shape[0] == 0:
+    return b
+  shape = b.shape
+  if kind == "block":
+    nb, bs = a.shape[-3], a.shape[-1]
+    if nb * bs != shape[-1]:
+      raise ValueError(f"block elements {a.shape[1:]} do not tile state size {shape[-1]}")
+    b = b.reshape(shape[:-1] + (nb, bs))
+    if h0 is not None:
+      h0 = h0.reshape(h0.shape[:-1] + (nb, bs))
+  if h0 is not None:
+    edge = -1 if reverse else 0
+    b = b.at[edge].add(ops.mv(a[edge], h0))
+  _, h = lax.associative_scan(_affine_combine(ops), (a, b), reverse=reverse)
+  return h.reshape(shape)
+
+
+def linear_scan_sequential(a, b, h0=None, *, kind: str = "diag", reverse: bool = False):
+  """The same recurrence with lax.scan: the O(T)-depth reference."""
+  ops = ops_for(kind)
+  shape = b.shape
+  if kind == "block":
+    nb, bs = a.shape[-3], a.shape[-1]
+    b = b.reshape(shape[:-1] + (nb, bs))
+    h0 = None if h0 is None else h0.reshape(h0.shape[:-1] + (nb, bs))
+  init = jnp.zeros_like(b[0]) if h0 is None else h0
+
+  def body(h, ab):
+    h = ops.mv(ab[0], h) + ab[1]
+    return h, h
+
+  _, h = lax.scan(body, init, (a, b), reverse=reverse)
+  return h.reshape(shape)
+
+
+# --------------------------------------------------------------------------
+# Parallel Kalman filter and RTS smoother (Sarkka & Garcia-Fernandez, 2021)
+# for the ELK model  h_t = F_t h_{t-1} + u_t + N(0, I),  y_t = h_t + N(0, 1/lam),
+# with h_{-1} = h0 known exactly.  Diagonal F gives one scalar model per
+# dimension (quasi-ELK); dense F the full model (ELK).
+# --------------------------------------------------------------------------
+
+
+def _filter_combine(ops):
+  def combine(ei, ej):
+    a_i, b_i, c_i, eta_i, j_i = ei
+    a_j, b_j, c_j, eta_j, j_j = ej
+    eye = ops.eye(b_i)
+    # M = (I + C_i J_j)^{-1};  N = (I + J_j C_i)^{-1} = M^T for symmetric C, J.
+    m_lhs = eye + ops.mm(c_i, j_j)
+    a_j_m = ops.t(ops.solve(ops.t(m_lhs), ops.t(a_j)))  # A_j M
+    a = ops.mm(a_j_m, a_i)
+    b = ops.mv(a_j_m, b_i + ops.mv(c_i, eta_j)) + b_j
+    c = ops.mm(ops.mm(a_j_m, c_i), ops.t(a_j)) + c_j
+    n_lhs = eye + ops.mm(j_j, c_i)
+    a_i_t_n = ops.t(ops.solve(ops.t(n_lhs), a_i))  # A_i^T N
+    eta = ops.mv(a_i_t_n, eta_j - ops.mv(j_j, b_i)) + eta_i
+    j = ops.mm(ops.mm(a_i_t_n, j_j), a_i) + j_i
+    # Symmetrise: round-off must not let covariances drift asymmetric.
+    c = 0.5 * (c + ops.t(c))
+    j = 0.5 * (j + ops.t(j))
+    return a, b, c, eta, j
+  return combine
+
+
+def kalman_smoother_mean(f, u, y, h0, lam, *, kind: str = "diag", smooth: bool = True):
+  """Posterior mode of the ELK state-space model: the exact Levenberg-Marquardt step.
+
+  Minimises  sum_t |h_t - F_t h_{t-1} - u_t|^2 + lam * sum_t |h_t - y_t|^2
+  with h_{-1} = h0, in O(log T) depth.  With ``smooth=False`` returns the
+  forward-filter means only (the causal approximation the reference code used).
+
+  Args:
+    f: (T, D) diagonal or (T, D, D) dense transition matrices.
+    u: (T, D) offsets.  y: (T, D) observations (the current iterate).
+    h0: (D,) known initial state.  lam: scalar damping > 0.
+  """
+  if kind not in ("diag", "dense"):
+    raise ValueError(f"Kalman smoother supports 'diag' and 'dense', got {kind!r}")
+  ops = ops_for(kind)
+  dtype = u.dtype
+  lam = jnp.asarray(lam, dtype)
+  kappa = lam / (1.0 + lam)  # Kalman gain for Q = I, R = I / lam
+  eye = ops.eye(u)
+  innov = y - u
+  a = (1.0 - kappa) * f
+  b = u + kappa * innov
+  c = (1.0 - kappa) * eye
+  eta = kappa * ops.mv(ops.t(f), innov)
+  jj = kappa * ops.mm(ops.t(f), f)
+  # First element: condition on the exactly known h0.
+  m1_prior = ops.mv(f[0], h0) + u[0]
+  m1 = m1_prior + kappa * (y[0] - m1_prior)
+  a = a.at[0].set(jnp.zeros_like(a[0]))
+  b = b.at[0].set(m1)
+  eta = eta.at[0].set(jnp.zeros_like(eta[0]))
+  jj = jj.at[0].set(jnp.zeros_like(jj[0]))
+  _, m, p, _, _ = lax.associative_scan(_filter_combine(ops), (a, b, c, eta, jj))
+  if not smooth or u.shape[0] == 1:
+    return m
+  # RTS smoother: x_t = E_t x_{t+1} + g_t, x_{T-1} = m_{T-1}.
+  f_next, u_next = f[1:], u[1:]
+  p_t, m_t = p[:-1], m[:-1]
+  fp = ops.mm(f_next, p_t)  # F P
+  s = ops.mm(fp, ops.t(f_next)) + ops.eye(m_t)  # F P F^T + I (symmetric)
+  e = ops.t(ops.solve(s, fp))  # P F^T S^{-1}
+  g = m_t - ops.mv(e, ops.mv(f_next, m_t) + u_next)
+  e = jnp.concatenate([e, jnp.zeros_like(e[:1])])
+  g = jnp.concatenate([g, m[-1:]])
+  return linear_scan(e, g, kind=kind, reverse=True)
