@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from seqtrain.solvers.fallback import sequential_fill
 from seqtrain.solvers.scan import linear_scan
 
 ADJOINTS = ("dense", "quasi", "sequential", "approx")
@@ -97,3 +98,25 @@ def input_gradients(fz: Callable, params, z0, zprev, xs, mu):
   _, vjp = jax.vjp(lambda p, zp, x: _vmapped(fz)(p, zp, x), params, zprev, xs)
   dparams, dzprev, dxs = vjp(mu)
   return dparams, dzprev[0], dxs
+
+
+def sequential_adjoint_fill(fz, ok, mu, params, zprev, xs, g):
+  """``mu`` where the iterative adjoint converged, else the exact sequential adjoint.
+
+  Runs (for a whole batch, once) only when some sequence failed; see fallback.py.
+  """
+  t = g.shape[0]
+  rev = lambda a: a[::-1]
+  # Reverse time: step tau = T-1-t consumes g_t and the linearisation point of
+  # step t+1 (zprev_{t+1}, x_{t+1}); the last time step has no successor.
+  inputs = (rev(g), rev(_shift_next(zprev)), jax.tree_util.tree_map(lambda a: rev(_shift_next(a)), xs),
+            jnp.arange(t) > 0)
+
+  def step(p, mu_next, inp):
+    g_t, zp_next, x_next, has_next = inp
+    _, vjp = jax.vjp(lambda z: fz(p, z, x_next), zp_next)
+    return g_t + jnp.where(has_next, vjp(mu_next)[0], 0)
+
+  filled = sequential_fill(step, ok, rev(mu)[:, None], params, jnp.zeros_like(g[0]), inputs,
+                           length=t)
+  return rev(filled[:, 0])

@@ -12,6 +12,7 @@ from jax.flatten_util import ravel_pytree
 
 from seqtrain.solvers import adjoint as adj
 from seqtrain.solvers.elk import elk_solve
+from seqtrain.solvers.fallback import sequential_fill
 from seqtrain.solvers.jacobians import (dense_linearization, flat_diag_hook, flat_step,
                                         jvp_diag_linearization)
 from seqtrain.solvers.newton import newton_solve
@@ -80,36 +81,6 @@ def _sequence_length(xs, length):
   if t < 1:
     raise ValueError(f"sequence length must be >= 1, got {t}")
   return int(t)
-
-
-def _where_failed(ok, z, fallback: Callable, *args):
-  """``z`` where ``ok``, else ``fallback(*args)``.
-
-  Under vmap a plain lax.cond turns into a select that runs the fallback for
-  every sequence.  The custom batching rule runs it (for the whole batch) only
-  when some sequence in the batch actually failed.
-  """
-  @jax.custom_batching.custom_vmap
-  def pick(ok, z, *args):
-    return lax.cond(ok, lambda: z, lambda: fallback(*args))
-
-  @pick.def_vmap
-  def _rule(axis_size, in_batched, ok, z, *args):
-    ok_b, z_b, *args_b = in_batched
-    if not ok_b:
-      ok = jnp.broadcast_to(ok, (axis_size,) + ok.shape)
-    if not z_b:
-      z = jnp.broadcast_to(z, (axis_size,) + z.shape)
-    axes = jax.tree_util.tree_map(lambda b: 0 if b else None, list(args_b))
-
-    def run_fallback():
-      zf = jax.vmap(fallback, in_axes=tuple(axes), axis_size=axis_size)(*args)
-      mask = ok.reshape(ok.shape + (1,) * (z.ndim - ok.ndim))
-      return jnp.where(mask, z, zf)
-
-    return lax.cond(jnp.all(ok), lambda: z, run_fallback), True
-
-  return pick(ok, z, *args)
 
 
 def _raise_on_failure(converged, residual, iterations, method):
@@ -222,12 +193,6 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "quasi_de
       raise ValueError(
           f"init trajectory has flat shape {z_init_given.shape}, expected {(t,) + z0.shape}")
 
-  def sequential_flat(p, z0_, xs_):
-    def body(z, x):
-      z = fz(p, z, x)
-      return z, z
-    return lax.scan(body, z0_, xs_, length=t)[1]
-
   def forward(p, z0_, xs_):
     if isinstance(init, str) and init == "zeros":
       zinit = jnp.zeros((t,) + z0_.shape, z0_.dtype)
@@ -236,19 +201,19 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "quasi_de
     else:
       zinit = z_init_given.astype(z0_.dtype)
     common = dict(kind=kind, atol=atol, rtol=rtol, max_iter=max_iter)
+    seq = fz if on_failure == "sequential" else None
     if method in ("deer", "quasi_deer"):
       z, st = newton_solve(lin, p, z0_, xs_, zinit, length=t, chunk=chunk, mode=mode,
-                           clip=clip, **common)
+                           clip=clip, fallback=seq, **common)
       lam = jnp.zeros((), z0_.dtype)
     else:
       z, st = elk_solve(lin, p, z0_, xs_, zinit, lam_init=lam_init,
                         adaptive=adaptive_lambda, smooth=elk_step == "smoother", **common)
+      if seq is not None:
+        z = sequential_fill(seq, st.converged, z[:, None], p, z0_, xs_, length=t)[:, 0]
       lam = st.lam
-    fallback = jnp.bool_(False)
-    if on_failure == "sequential":
-      z = _where_failed(st.converged, z, sequential_flat, p, z0_, xs_)
-      fallback = ~st.converged
-    elif on_failure == "raise":
+    fallback = ~st.converged if seq is not None else jnp.bool_(False)
+    if on_failure == "raise":
       jax.debug.callback(functools.partial(_raise_on_failure, method=method),
                          st.converged, st.residual, st.iterations)
     info = SolveInfo(st.iterations, st.residual, st.converged, fallback, lam, st.resets)
@@ -275,8 +240,7 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "quasi_de
     else:
       mu, _, ok = adj.quasi_adjoint(fz, diag_lin, p, zprev, xs_, g, atol=atol, rtol=rtol,
                                     max_iter=max(max_iter, 1))
-      mu = _where_failed(ok, mu, lambda p_, zp_, x_, g_: adj.sequential_adjoint(fz, p_, zp_, x_, g_),
-                         p, zprev, xs_, g)
+      mu = adj.sequential_adjoint_fill(fz, ok, mu, p, zprev, xs_, g)
     return adj.input_gradients(fz, p, z0_, zprev, xs_, mu)
 
   run.defvjp(run_fwd, run_bwd)

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from seqtrain.solvers.fallback import sequential_fill
 from seqtrain.solvers.scan import linear_scan, ops_for
 
 
@@ -62,7 +63,7 @@ def from_chunks(zc, t: int):
 
 def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str,
                  atol: float, rtol: float, max_iter: int, chunk: int | None = None,
-                 mode: str = "store", clip: float = 1e8):
+                 mode: str = "store", clip: float = 1e8, fallback: Callable | None = None):
   """Runs (quasi-)Newton on the residual h_t - f(h_{t-1}, x_t).
 
   Args:
@@ -71,6 +72,8 @@ def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str
     zinit: (T, D) starting trajectory.
     kind: "diag" (quasi-DEER) or "dense" (DEER).
     mode: "store" or "recompute" (see module docstring).
+    fallback: optional fz(params, z, x); where the iteration did not converge
+      the exact sequential trajectory is written over the iterate, in place.
 
   Returns:
     (Z (T, D), NewtonStats).
@@ -96,25 +99,36 @@ def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str
   def starts_of(z):
     return jnp.concatenate([z0[None], z[k - 1, :-1]], axis=0)
 
+  # Positions are visited with fori_loop and dynamic indexing (not lax.scan
+  # over xs/ys): under vmap the batch axis then stays in front and no (K, C)
+  # buffer is ever transposed, and the recompute pass updates Z in place.
   def linearise(z):
-    """Residual of z, and the chunk-local affine maps of the Newton step."""
-    def body(carry, inp):
-      zprev, s, p = carry
-      kk, zk = inp
+    """Residual of z and the chunk-local affine maps (S, P) of the Newton step."""
+    zeros = jnp.zeros((c,) + z0.shape, dtype)
+    p_init = ops.eye(zeros)
+    if mode == "store":
+      bufs = (jnp.zeros((k,) + zeros.shape, dtype), jnp.zeros((k,) + p_init.shape, dtype))
+    else:
+      bufs = ()
+
+    def body(kk, carry):
+      zprev, s, p, ratio, absr, bufs = carry
+      zk = z[kk]
       fx, a = lin_c(params, zprev, x_at(kk))
       valid = (cidx + kk < t)[:, None]
       r = jnp.abs(zk - fx)
-      ratio = jnp.max(jnp.where(valid, r / (atol + rtol * jnp.abs(zk)), 0))
-      absr = jnp.max(jnp.where(valid, r, 0))
+      ratio = jnp.maximum(ratio, jnp.max(jnp.where(valid, r / (atol + rtol * jnp.abs(zk)), 0)))
+      absr = jnp.maximum(absr, jnp.max(jnp.where(valid, r, 0)))
       s = ops.mv(a, s - zprev) + fx
       p = ops.mm(a, p)
-      ys = (s, p) if mode == "store" else ()
-      return (zk, s, p), (ys, ratio, absr)
+      if mode == "store":
+        bufs = (bufs[0].at[kk].set(s), bufs[1].at[kk].set(p))
+      return zk, s, p, ratio, absr, bufs
 
-    zeros = jnp.zeros((c,) + z0.shape, dtype)
-    init = (starts_of(z), zeros, ops.eye(zeros))
-    (_, s_last, p_last), (ys, ratio, absr) = lax.scan(body, init, (jnp.arange(k), z))
-    return ys, s_last, p_last, jnp.max(ratio), jnp.max(absr)
+    zero = jnp.zeros((), dtype)
+    init = (starts_of(z), zeros, p_init, zero, zero, bufs)
+    _, s_last, p_last, ratio, absr, bufs = lax.fori_loop(0, k, body, init)
+    return bufs, s_last, p_last, ratio, absr
 
   def chunk_starts(s_last, p_last):
     if c == 1:
@@ -122,38 +136,45 @@ def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str
     h = linear_scan(p_last[:-1], s_last[:-1], z0, kind="diag" if kind == "diag" else "dense")
     return jnp.concatenate([z0[None], h], axis=0)
 
-  def update(z, ys, s_last, p_last):
-    h = chunk_starts(s_last, p_last)
-    if mode == "store":
-      s, p = ys
-      return s + ops.mv(p, h[None])
-
-    def body(carry, inp):
-      zprev_old, znew_prev = carry
-      kk, zk_old = inp
-      fx, a = lin_c(params, zprev_old, x_at(kk))
-      znew = fx + ops.mv(a, znew_prev - zprev_old)
-      return (zk_old, znew), znew
-
-    _, znew = lax.scan(body, (starts_of(z), h), (jnp.arange(k), z))
-    return znew
-
-  def cond(state):
-    it, _, _, _, _, ratio, _, _ = state
-    return (~(ratio <= 1.0)) & (it < max_iter)
-
-  def body(state):
-    it, z, ys, s_last, p_last, _, _, resets = state
-    znew = update(z, ys, s_last, p_last)
+  def clean(znew, zold):
     bad = ~jnp.isfinite(znew)
     # Non-finite iterates fall back to the previous iterate; huge ones are clipped.
-    znew = jnp.where(bad, z, jnp.clip(znew, -clip, clip))
-    resets = resets + jnp.any(bad).astype(jnp.int32)
-    ys, s_last, p_last, ratio, absr = linearise(znew)
-    return it + 1, znew, ys, s_last, p_last, ratio, absr, resets
+    return jnp.where(bad, zold, jnp.clip(znew, -clip, clip)), jnp.any(bad)
 
-  z = to_chunks(zinit.astype(dtype), k, c)
-  ys, s_last, p_last, ratio, absr = linearise(z)
-  state = (jnp.int32(0), z, ys, s_last, p_last, ratio, absr, jnp.int32(0))
-  it, z, _, _, _, ratio, absr, resets = lax.while_loop(cond, body, state)
+  def update(z, bufs, s_last, p_last, stop):
+    """The next iterate (z itself where ``stop``), and whether a reset happened."""
+    h = chunk_starts(s_last, p_last)
+    if mode == "store":
+      s, p = bufs
+      znew, bad = clean(s + ops.mv(p, h[None]), z)
+      return jnp.where(stop, z, znew), bad & ~stop
+
+    def body(kk, carry):
+      zprev_old, znew_prev, z, bad = carry
+      zk_old = z[kk]
+      fx, a = lin_c(params, zprev_old, x_at(kk))
+      znew, bad_k = clean(fx + ops.mv(a, znew_prev - zprev_old), zk_old)
+      znew = jnp.where(stop, zk_old, znew)
+      return zk_old, znew, z.at[kk].set(znew), bad | bad_k
+
+    _, _, z, bad = lax.fori_loop(0, k, body, (starts_of(z), h, z, jnp.bool_(False)))
+    return z, bad & ~stop
+
+  def cond(state):
+    return ~state[-1]
+
+  def body(state):
+    n, z, _, _, resets, _ = state
+    bufs, s_last, p_last, ratio, absr = linearise(z)
+    stop = (ratio <= 1.0) | (n >= max_iter)
+    z, bad = update(z, bufs, s_last, p_last, stop)
+    return (n + (~stop).astype(jnp.int32), z, ratio, absr,
+            resets + bad.astype(jnp.int32), stop)
+
+  zero = jnp.zeros((), dtype)
+  state = (jnp.int32(0), to_chunks(zinit.astype(dtype), k, c), zero, zero, jnp.int32(0),
+           jnp.bool_(False))
+  it, z, ratio, absr, resets, _ = lax.while_loop(cond, body, state)
+  if fallback is not None:
+    z = sequential_fill(fallback, ratio <= 1.0, z, params, z0, xs, length=t)
   return from_chunks(z, t), NewtonStats(it, absr, ratio <= 1.0, resets)

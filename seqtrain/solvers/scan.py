@@ -13,6 +13,8 @@ too, because they are scans over the same kinds of elements.
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -72,7 +74,31 @@ class DenseOps:
 
   @staticmethod
   def solve(a, b):
-    return jnp.linalg.solve(a, b)
+    """a^{-1} b by Gauss-Jordan elimination without pivoting, in plain jnp.
+
+    Used only on matrices of the form I + C J and F P F^T + I with C, J, P
+    positive semi-definite (eigenvalues real and >= 1), where no pivoting is
+    needed.  LAPACK's batched solve inside XLA:CPU loops deadlocked here
+    (jaxlib 0.10.2, 2 cores), so the solve stays in XLA ops.
+    """
+    d = a.shape[-1]
+    b = jnp.broadcast_to(b, a.shape[:-1] + b.shape[-1:])
+
+    def body(i, ab):
+      a, b = ab
+      piv = lax.dynamic_index_in_dim(a, i, axis=-2, keepdims=True)  # (..., 1, d)
+      pb = lax.dynamic_index_in_dim(b, i, axis=-2, keepdims=True)
+      inv = 1.0 / lax.dynamic_index_in_dim(piv, i, axis=-1, keepdims=True)
+      piv, pb = piv * inv, pb * inv
+      col = lax.dynamic_index_in_dim(a, i, axis=-1, keepdims=True)  # (..., d, 1)
+      col = jnp.where((jnp.arange(d) == i)[:, None], 0, col)
+      a = a - col * piv
+      b = b - col * pb
+      a = lax.dynamic_update_index_in_dim(a, piv, i, axis=-2)
+      b = lax.dynamic_update_index_in_dim(b, pb, i, axis=-2)
+      return a, b
+
+    return lax.fori_loop(0, d, body, (a, b))[1]
 
   @staticmethod
   def diag_of(a):
@@ -85,6 +111,17 @@ def ops_for(kind: str):
   if kind in ("dense", "block"):
     return DenseOps
   raise ValueError(f"unknown element kind {kind!r}; expected one of {KINDS}")
+
+
+def flush_subnormal(a):
+  """Zeroes entries too small to matter.
+
+  Products of many contracting transition matrices decay into subnormal
+  numbers, which x86 CPUs process up to 100x slower; their contribution is
+  below round-off of any state they multiply, so they are set to zero.
+  """
+  tiny = jnp.finfo(a.dtype).tiny * 2 ** 20
+  return jnp.where(jnp.abs(a) < tiny, jnp.zeros_like(a), a)
 
 
 def _affine_combine(ops):
@@ -149,6 +186,63 @@ def linear_scan_sequential(a, b, h0=None, *, kind: str = "diag", reverse: bool =
   return h.reshape(shape)
 
 
+def chunked_scan(combine, elems, identity, *, chunk: int | None = None, reverse: bool = False):
+  """Inclusive scan of an associative ``combine`` over the leading axis.
+
+  ``lax.associative_scan`` unrolls about 2 log2(T) copies of ``combine`` into
+  the program; for a heavy combine (the Kalman elements, with matrix solves)
+  XLA then takes minutes to compile at T = 1000.  Here ``combine`` is traced
+  three times whatever T is: a sequential pass over the K positions of each
+  chunk (vectorised over chunks), a Hillis-Steele scan over the C chunk totals
+  (a fori_loop over log2 C levels), and one vectorised fix-up.
+
+  Args:
+    combine: (earlier, later) -> combined, on pytrees of arrays with any
+      leading batch shape.
+    elems: pytree of arrays with leading axis T.
+    identity: shape -> identity element pytree with that leading shape.
+  """
+  leaves = jax.tree_util.tree_leaves(elems)
+  t = leaves[0].shape[0]
+  if reverse:
+    elems = jax.tree_util.tree_map(lambda a: a[::-1], elems)
+  k = chunk or max(1, int(math.ceil(math.sqrt(t))))
+  c = -(-t // k)
+  pad = c * k - t
+  tmap = jax.tree_util.tree_map
+  if pad:
+    ident = identity((pad,))
+    elems = tmap(lambda a, e: jnp.concatenate([a, e.astype(a.dtype)]), elems, ident)
+  # (T, ...) -> (K, C, ...): position k of chunk c.
+  elems = tmap(lambda a: jnp.swapaxes(a.reshape((c, k) + a.shape[1:]), 0, 1), elems)
+
+  def local(kk, carry):
+    acc, out = carry
+    acc = combine(acc, tmap(lambda a: a[kk], elems))
+    return acc, tmap(lambda o, a: o.at[kk].set(a), out, acc)
+
+  ident_c = identity((c,))
+  _, out = lax.fori_loop(0, k, local, (ident_c, tmap(jnp.zeros_like, elems)))
+  totals = tmap(lambda o: o[k - 1], out)
+  idx = jnp.arange(c)
+
+  def level(lv, tot):
+    off = 2 ** lv
+    keep = (idx >= off)
+    shifted = tmap(lambda a, e: jnp.where(keep.reshape((c,) + (1,) * (a.ndim - 1)),
+                                          jnp.roll(a, off, axis=0), e), tot, ident_c)
+    return combine(shifted, tot)
+
+  levels = max(0, int(math.ceil(math.log2(c)))) if c > 1 else 0
+  incl = lax.fori_loop(0, levels, level, totals)
+  excl = tmap(lambda a, e: jnp.concatenate([e[:1], a[:-1]]), incl, ident_c)
+  out = combine(tmap(lambda a: jnp.broadcast_to(a[None], (k,) + a.shape), excl), out)
+  out = tmap(lambda a: jnp.swapaxes(a, 0, 1).reshape((c * k,) + a.shape[2:])[:t], out)
+  if reverse:
+    out = tmap(lambda a: a[::-1], out)
+  return out
+
+
 # --------------------------------------------------------------------------
 # Parallel Kalman filter and RTS smoother (Sarkka & Garcia-Fernandez, 2021)
 # for the ELK model  h_t = F_t h_{t-1} + u_t + N(0, I),  y_t = h_t + N(0, 1/lam),
@@ -175,11 +269,12 @@ def _filter_combine(ops):
     # Symmetrise: round-off must not let covariances drift asymmetric.
     c = 0.5 * (c + ops.t(c))
     j = 0.5 * (j + ops.t(j))
-    return a, b, c, eta, j
+    return flush_subnormal(a), b, c, eta, j
   return combine
 
 
-def kalman_smoother_mean(f, u, y, h0, lam, *, kind: str = "diag", smooth: bool = True):
+def kalman_smoother_mean(f, u, y, h0, lam, *, kind: str = "diag", smooth: bool = True,
+                         chunk: int | None = None):
   """Posterior mode of the ELK state-space model: the exact Levenberg-Marquardt step.
 
   Minimises  sum_t |h_t - F_t h_{t-1} - u_t|^2 + lam * sum_t |h_t - y_t|^2
@@ -211,7 +306,14 @@ def kalman_smoother_mean(f, u, y, h0, lam, *, kind: str = "diag", smooth: bool =
   b = b.at[0].set(m1)
   eta = eta.at[0].set(jnp.zeros_like(eta[0]))
   jj = jj.at[0].set(jnp.zeros_like(jj[0]))
-  _, m, p, _, _ = lax.associative_scan(_filter_combine(ops), (a, b, c, eta, jj))
+  d = u.shape[-1]
+
+  def identity(shape):
+    zeros = jnp.zeros(shape + (d,), dtype)
+    eye_m = ops.eye(zeros)
+    return (eye_m, zeros, jnp.zeros_like(eye_m), zeros, jnp.zeros_like(eye_m))
+
+  _, m, p, _, _ = chunked_scan(_filter_combine(ops), (a, b, c, eta, jj), identity, chunk=chunk)
   if not smooth or u.shape[0] == 1:
     return m
   # RTS smoother: x_t = E_t x_{t+1} + g_t, x_{T-1} = m_{T-1}.

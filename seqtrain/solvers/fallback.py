@@ -1,0 +1,64 @@
+"""Sequential fallback that overwrites only the failed sequences, in place.
+
+The parallel solvers keep their trajectory in a (K, C, D) layout (time
+t = c * K + k).  Where a sequence did not converge, ``sequential_fill`` runs
+the exact lax-style recurrence and writes it into that same buffer, so the
+fallback costs no extra trajectory-sized memory.
+
+Under vmap a plain ``lax.cond`` becomes a select that would run the fallback
+for every sequence (and a batched while_loop would copy the whole carry per
+step).  A custom batching rule instead runs one loop for the whole batch, and
+only when some sequence in the batch actually failed.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def _fill(step_b, ok, z, params, z0, xs, length: int, x_batched):
+  """ok (B,), z (B, K, C, D), z0 (B, D); step_b maps (params, (B, D), x_t) -> (B, D)."""
+  k = z.shape[1]
+  need = ~jnp.all(ok)
+  okm = ok[:, None]
+
+  def x_at(t):
+    take = lambda a, b: a[:, t] if b else a[t]
+    return jax.tree_util.tree_map(take, xs, x_batched)
+
+  def cond(carry):
+    return need & (carry[0] < length)
+
+  def body(carry):
+    t, zprev, z = carry
+    kk, cc = t % k, t // k
+    val = jnp.where(okm, z[:, kk, cc], step_b(params, zprev, x_at(t)))
+    return t + 1, val, z.at[:, kk, cc].set(val)
+
+  return lax.while_loop(cond, body, (jnp.int32(0), z0, z))[2]
+
+
+def sequential_fill(fz: Callable, ok, z, params, z0, xs, *, length: int):
+  """Returns z with the sequential solution of z_t = fz(params, z_{t-1}, x_t)
+  written in where ``ok`` is False (z in (K, C, D) layout)."""
+
+  @jax.custom_batching.custom_vmap
+  def fill(ok, z, params, z0, xs):
+    x_flags = jax.tree_util.tree_map(lambda _: False, xs)
+    step_b = jax.vmap(fz, in_axes=(None, 0, None))
+    return _fill(step_b, ok[None], z[None], params, z0[None], xs, length, x_flags)[0]
+
+  @fill.def_vmap
+  def _rule(axis_size, in_batched, ok, z, params, z0, xs):
+    ok_b, z_b, p_b, z0_b, x_b = in_batched
+    bcast = lambda a, b: a if b else jnp.broadcast_to(a, (axis_size,) + a.shape)
+    ok, z, z0 = bcast(ok, ok_b), bcast(z, z_b), bcast(z0, z0_b)
+    p_axes = jax.tree_util.tree_map(lambda b: 0 if b else None, p_b)
+    x_axes = jax.tree_util.tree_map(lambda b: 0 if b else None, x_b)
+    step_b = jax.vmap(fz, in_axes=(p_axes, 0, x_axes), axis_size=axis_size)
+    return _fill(step_b, ok, z, params, z0, xs, length, x_b), True
+
+  return fill(ok, z, params, z0, xs)

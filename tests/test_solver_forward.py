@@ -1,0 +1,51 @@
+"""Every parallel method against jax.lax.scan: states, on random cells."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seqtrain.solvers import solve
+from cells import gru_diag, make_problem
+
+PARALLEL = ["deer", "quasi_deer", "elk", "quasi_elk"]
+TOL = {jnp.float64: 1e-8, jnp.float32: 1e-4}
+
+
+@functools.lru_cache(maxsize=None)
+def _solver(step, method, **opts):
+  return jax.jit(lambda p, h0, xs: solve(step, p, h0, xs, method, **opts))
+
+
+def max_err(a, b):
+  return max(float(jnp.max(jnp.abs(x - y))) for x, y in
+             zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def check_states(cell, method, d, t, dtype, **opts):
+  step, params, h0, xs = make_problem(cell, d, t, dtype)
+  ref, _ = _solver(step, "sequential")(params, h0, xs)
+  hs, info = _solver(step, method, on_failure="return", **opts)(params, h0, xs)
+  assert bool(info.converged), (cell, method, d, t, info)
+  assert not bool(info.fallback)
+  err = max_err(hs, ref)
+  assert err <= TOL[dtype], (cell, method, d, t, err, info)
+  assert jax.tree_util.tree_structure(hs) == jax.tree_util.tree_structure(ref)
+  assert jax.tree_util.tree_leaves(hs)[0].shape == (t, d)
+  return info
+
+
+@pytest.mark.parametrize("method", PARALLEL)
+@pytest.mark.parametrize("cell", ["gru", "lstm", "tanh"])
+@pytest.mark.parametrize("d", [1, 4, 16])
+@pytest.mark.parametrize("t", [1, 2, 100, 5000])
+def test_matches_scan_float64(cell, method, d, t):
+  check_states(cell, method, d, t, jnp.float64)
+
+
+@pytest.mark.parametrize("method", PARALLEL)
+@pytest.mark.parametrize("cell", ["gru", "lstm", "tanh"])
+@pytest.mark.parametrize("d,t", [(1, 1), (4, 2), (16, 100), (4, 5000), (16, 5000)])
+def test_matches_scan_float32(cell, method, d, t):
+  check_states(cell, method, d, t, jnp.float32)
