@@ -4,6 +4,9 @@ parallel Kalman smoother (docs/method.md, "ELK").
 lambda adapts by the standard gain-ratio rule on the merit 0.5 * |r|^2
 (Nielsen's update): a step that lowers the merit is accepted and lambda shrinks
 by up to 10x; a step that does not is rejected and lambda grows geometrically.
+Up to the first unconverged time step the undamped Newton step is taken (a
+causal safeguard, see ``elk_solve``), and a step that lengthens the converged
+prefix is accepted too, so like DEER the solve ends within T iterations.
 No hand-swept lambda is needed; ``adaptive=False`` reproduces the paper's
 fixed-lambda setting (every step accepted), ``smooth=False`` its filter-only step.
 """
@@ -15,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from seqtrain.solvers.scan import kalman_smoother_mean, ops_for
+from seqtrain.solvers.scan import kalman_smoother_mean, linear_scan, ops_for
 
 
 class ElkStats(NamedTuple):
@@ -42,39 +45,49 @@ def elk_solve(lin: Callable, params, z0, xs, zinit, *, kind: str, atol: float, r
     r = z - fx
     merit = 0.5 * jnp.sum(r * r)
     merit = jnp.where(jnp.isfinite(merit), merit, jnp.inf)
-    ratio = jnp.max(jnp.abs(r) / (atol + rtol * jnp.abs(z)))
-    return fx, a, zprev, merit, ratio, jnp.max(jnp.abs(r))
+    ratio_t = jnp.max(jnp.abs(r) / (atol + rtol * jnp.abs(z)), axis=-1)
+    ok_t = ratio_t <= 1.0
+    prefix = jnp.where(jnp.all(ok_t), ok_t.shape[0], jnp.argmin(ok_t))
+    return fx, a, zprev, merit, jnp.max(ratio_t), jnp.max(jnp.abs(r)), prefix
 
   def cond(state):
     it, ratio = state[0], state[7]
     return (~(ratio <= 1.0)) & (it < max_iter)
 
   def body(state):
-    it, z, fx, a, zprev, merit, absr, ratio, lam, nu, resets = state
+    it, z, fx, a, zprev, merit, absr, ratio, prefix, lam, nu, resets = state
     u = fx - ops.mv(a, zprev)
     cand = kalman_smoother_mean(a, u, z, z0, lam, kind=kind, smooth=smooth)
+    # Causal safeguard: up to the first unconverged step the undamped Newton
+    # step is exact-prefix-extending (causality), so take it there.  The
+    # converged prefix then grows every iteration and, as for DEER, the solve
+    # ends within T iterations, while the damped step keeps the rest finite.
+    newton = linear_scan(a, u, z0, kind=kind)
+    cand = jnp.where((jnp.arange(z.shape[0]) <= prefix)[:, None], newton, cand)
     finite = jnp.all(jnp.isfinite(cand))
     cand = jnp.where(finite, cand, z)
-    c_fx, c_a, c_zprev, c_merit, c_ratio, c_absr = evaluate(cand)
+    c_fx, c_a, c_zprev, c_merit, c_ratio, c_absr, c_prefix = evaluate(cand)
     # Predicted merit from the linear model the step minimised.
     lin_r = cand - ops.mv(a, c_zprev) - u
     predicted = merit - 0.5 * jnp.sum(lin_r * lin_r)
     rho = (merit - c_merit) / jnp.maximum(predicted, jnp.finfo(dtype).tiny)
-    accept = finite & (c_merit < merit) if adaptive else finite
+    accept = finite & ((c_merit < merit) | (c_prefix > prefix)) if adaptive else finite
     if adaptive:
       shrink = jnp.maximum(0.1, 1.0 - (2.0 * rho - 1.0) ** 3)
-      lam_new = jnp.where(accept, lam * shrink, lam * nu)
-      nu = jnp.where(accept, jnp.asarray(2.0, dtype), 2.0 * nu)
+      improved = finite & (c_merit < merit)
+      # A prefix-only acceptance (merit not lower) leaves lambda as it is.
+      lam_new = jnp.where(improved, lam * shrink, jnp.where(accept, lam, lam * nu))
+      nu = jnp.where(improved, jnp.asarray(2.0, dtype), jnp.where(accept, nu, 2.0 * nu))
       lam = jnp.clip(lam_new, lam_min, lam_max)
     pick = lambda new, old: jnp.where(accept, new, old)
     return (it + 1, pick(cand, z), pick(c_fx, fx), pick(c_a, a), pick(c_zprev, zprev),
-            pick(c_merit, merit), pick(c_absr, absr), pick(c_ratio, ratio), lam, nu,
-            resets + (~finite).astype(jnp.int32))
+            pick(c_merit, merit), pick(c_absr, absr), pick(c_ratio, ratio),
+            pick(c_prefix, prefix), lam, nu, resets + (~finite).astype(jnp.int32))
 
   z = zinit.astype(dtype)
-  fx, a, zprev, merit, ratio, absr = evaluate(z)
-  state = (jnp.int32(0), z, fx, a, zprev, merit, absr, ratio, jnp.asarray(lam_init, dtype),
-           jnp.asarray(2.0, dtype), jnp.int32(0))
+  fx, a, zprev, merit, ratio, absr, prefix = evaluate(z)
+  state = (jnp.int32(0), z, fx, a, zprev, merit, absr, ratio, prefix,
+           jnp.asarray(lam_init, dtype), jnp.asarray(2.0, dtype), jnp.int32(0))
   out = lax.while_loop(cond, body, state)
-  it, z, absr, ratio, lam, resets = out[0], out[1], out[6], out[7], out[8], out[10]
+  it, z, absr, ratio, lam, resets = out[0], out[1], out[6], out[7], out[9], out[11]
   return z, ElkStats(it, absr, ratio <= 1.0, resets, lam)

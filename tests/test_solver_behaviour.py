@@ -1,0 +1,159 @@
+"""Solver API behaviour: stopping, damping, iteration counts, failure policies."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seqtrain.solvers import SolverError, default_tolerances, solve
+from cells import _orth, gru_diag, gru_params, gru_step, make_problem, tanh_step
+
+
+def test_unknown_method_lists_valid_ones():
+  with pytest.raises(ValueError, match="quasi_deer.*quasi_elk.*ike"):
+    solve(gru_step, {}, jnp.zeros(2), jnp.zeros((3, 2)), method="newton")
+
+
+def test_aliases_are_the_damped_methods():
+  step, p, h0, xs = make_problem("gru", 3, 50, jnp.float64)
+  a, ia = solve(step, p, h0, xs, "ike")
+  b, ib = solve(step, p, h0, xs, "elk")
+  np.testing.assert_array_equal(a, b)
+  c, _ = solve(step, p, h0, xs, "quasi_ike")
+  d, _ = solve(step, p, h0, xs, "quasi_elk")
+  np.testing.assert_array_equal(c, d)
+
+
+@pytest.mark.parametrize("bad", [dict(on_failure="ignore"), dict(init="ones"), dict(adjoint="x"),
+                                 dict(elk_step="kalman"), dict(max_iter=-1)])
+def test_bad_options_raise(bad):
+  step, p, h0, xs = make_problem("gru", 2, 5, jnp.float64)
+  with pytest.raises(ValueError):
+    solve(step, p, h0, xs, "deer", **bad)
+
+
+def test_mismatched_time_axes_raise():
+  with pytest.raises(ValueError, match="disagree"):
+    solve(lambda p, h, x: h, None, jnp.zeros(2), (jnp.zeros((3, 1)), jnp.zeros((4, 1))))
+
+
+def test_no_inputs_with_length():
+  """Autonomous recurrence (xs=None): h_t = 0.5 h_{t-1} + 1."""
+  hs, info = solve(lambda p, h, x: p * h + 1.0, jnp.float64(0.5), jnp.zeros(1), None, "deer",
+                   length=20)
+  ref = np.zeros(20)
+  h = 0.0
+  for t in range(20):
+    h = 0.5 * h + 1
+    ref[t] = h
+  np.testing.assert_allclose(hs[:, 0], ref, atol=1e-12)
+
+
+@pytest.mark.parametrize("init", ["zeros", "warm", "given"])
+def test_start_guesses(init):
+  step, p, h0, xs = make_problem("gru", 4, 200, jnp.float64)
+  ref, _ = solve(step, p, h0, xs, "sequential")
+  guess = ref + 1e-3 if init == "given" else init
+  hs, info = solve(step, p, h0, xs, "quasi_deer", init=guess, on_failure="return")
+  assert bool(info.converged)
+  np.testing.assert_allclose(hs, ref, atol=1e-8)
+  if init == "given":
+    cold = solve(step, p, h0, xs, "quasi_deer")[1]
+    assert int(info.iterations) < int(cold.iterations)
+
+
+def test_init_trajectory_shape_checked():
+  step, p, h0, xs = make_problem("gru", 4, 20, jnp.float64)
+  with pytest.raises(ValueError, match="init trajectory"):
+    solve(step, p, h0, xs, "deer", init=jnp.zeros((19, 4)))
+
+
+def test_unconverged_is_flagged_and_falls_back():
+  step, p, h0, xs = make_problem("gru", 8, 300, jnp.float64)
+  ref, _ = solve(step, p, h0, xs, "sequential")
+  hs, info = solve(step, p, h0, xs, "quasi_deer", max_iter=2, on_failure="return")
+  assert not bool(info.converged) and not bool(info.fallback)
+  assert float(jnp.max(jnp.abs(hs - ref))) > 1e-6
+  hs, info = solve(step, p, h0, xs, "quasi_deer", max_iter=2)
+  assert not bool(info.converged) and bool(info.fallback)
+  np.testing.assert_allclose(hs, ref, atol=1e-12)
+  with pytest.raises(Exception, match="did not converge"):
+    jax.block_until_ready(jax.jit(lambda: solve(step, p, h0, xs, "quasi_deer", max_iter=2,
+                                                on_failure="raise")[0])())
+
+
+def test_fallback_under_vmap_only_replaces_failed_sequences():
+  step, p, h0, xs = make_problem("gru", 4, 200, jnp.float64)
+  xb = jnp.stack([xs, 6.0 * xs])
+  ref = jax.vmap(lambda x: solve(step, p, h0, x, "sequential")[0])(xb)
+  hs, info = jax.jit(jax.vmap(lambda x: solve(step, p, h0, x, "quasi_deer", max_iter=12)))(xb)
+  np.testing.assert_allclose(hs, ref, atol=1e-8)
+  assert info.fallback.shape == (2,)
+
+
+def test_nonfinite_iterates_are_reset():
+  """A start guess outside the step's domain gives NaN iterates; they are reset
+  to the previous iterate, counted, and causality still finishes the solve."""
+  t = 20
+  xs = jnp.linspace(0.0, 0.1, t)[:, None]
+  step = lambda p, h, x: 0.5 * jnp.sqrt(h + 1.0) + x
+  h0 = jnp.zeros(1)
+  ref, _ = solve(step, None, h0, xs, "sequential")
+  for method in ("deer", "quasi_deer"):
+    hs, info = solve(step, None, h0, xs, method, init=jnp.full((t, 1), -5.0),
+                     max_iter=2 * t, on_failure="return")
+    assert bool(jnp.all(jnp.isfinite(hs))), method
+    assert int(info.resets) > 0 and bool(info.converged), (method, info)
+    np.testing.assert_allclose(hs, ref, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["elk", "quasi_elk"])
+def test_damped_methods_on_expansive_tanh(method, record_property):
+  """Recurrent weight 2.5 x orthogonal, D=4, T=1000: finite, converged within
+  max_iter=T, and the iterations reported next to undamped DEER's."""
+  d, t = 4, 1000
+  w = _orth(jax.random.PRNGKey(0), d, jnp.float64, gain=2.5)
+  xs = jax.random.normal(jax.random.PRNGKey(1), (t, d), jnp.float64)
+  step = lambda p, h, x: jnp.tanh(h @ p + x)
+  h0 = jnp.zeros(d)
+  ref, _ = solve(step, w, h0, xs, "sequential")
+  run = lambda m: jax.jit(lambda w: solve(step, w, h0, xs, m, max_iter=t, on_failure="return"))(w)
+  hs, info = run(method)
+  _, deer = run("deer")
+  print(f"\n{method}: {int(info.iterations)} iterations (lambda {float(info.lam):.2e}); "
+        f"deer: {int(deer.iterations)} iterations, {int(deer.resets)} resets")
+  record_property("iterations", int(info.iterations))
+  record_property("deer_iterations", int(deer.iterations))
+  assert bool(jnp.all(jnp.isfinite(hs)))
+  assert bool(info.converged) and int(info.iterations) <= t
+  np.testing.assert_allclose(hs, ref, atol=1e-6)
+
+
+def test_fixed_lambda_and_filter_only_options():
+  step, p, h0, xs = make_problem("gru", 4, 300, jnp.float64)
+  ref, _ = solve(step, p, h0, xs, "sequential")
+  for opts in (dict(adaptive_lambda=False, lam_init=1e-4), dict(elk_step="filter")):
+    hs, info = solve(step, p, h0, xs, "quasi_elk", on_failure="return", **opts)
+    assert bool(info.converged), opts
+    np.testing.assert_allclose(hs, ref, atol=1e-8)
+
+
+def test_untrained_gru_iteration_counts():
+  """D=32, T=10,000, float32, flax-like init: quasi_deer <= 15, deer <= 7."""
+  d, t = 32, 10_000
+  p = gru_params(jax.random.PRNGKey(0), d, d, jnp.float32)
+  xs = jax.random.normal(jax.random.PRNGKey(1), (t, d), jnp.float32)
+  h0 = jnp.zeros(d, jnp.float32)
+  ref, _ = solve(gru_step, p, h0, xs, "sequential")
+  q, qi = jax.jit(lambda p: solve(gru_step, p, h0, xs, "quasi_deer", diag_jacobian=gru_diag,
+                                  on_failure="return"))(p)
+  n, ni = jax.jit(lambda p: solve(gru_step, p, h0, xs, "deer", on_failure="return"))(p)
+  print(f"\nGRU D=32 T=1e4 float32: quasi_deer {int(qi.iterations)} it, deer {int(ni.iterations)} it")
+  assert bool(qi.converged) and int(qi.iterations) <= 15
+  assert bool(ni.converged) and int(ni.iterations) <= 7
+  assert float(jnp.max(jnp.abs(q - ref))) < 1e-4
+  assert float(jnp.max(jnp.abs(n - ref))) < 1e-4
+
+
+def test_default_tolerances_per_dtype():
+  assert default_tolerances(jnp.float64)[0] < default_tolerances(jnp.float32)[0]
+  assert default_tolerances(jnp.bfloat16)[0] > default_tolerances(jnp.float32)[0]
