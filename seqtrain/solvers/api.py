@@ -245,4 +245,6 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "quasi_de
 
   run.defvjp(run_fwd, run_bwd)
   z, info = run(all_params, z0, xs)
+  # Diagnostics carry no derivatives (integer/bool outputs of the custom VJP).
+  info = jax.tree_util.tree_map(lax.stop_gradient, info)
   return unravel_traj(z), info

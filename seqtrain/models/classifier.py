@@ -1,0 +1,88 @@
+"""Sequence classifiers built from ParallelRNN layers.
+
+``SequenceClassifier``: encoder Dense -> ``depth`` residual blocks of
+[LayerNorm -> RNN -> residual -> LayerNorm -> MLP -> residual] -> pooled head.
+With ``pooling="mean_logits"`` it is the papers' EigenWorms model (per-step
+logits averaged over valid time steps; docs/method.md, "Training recipe").
+Parameters carry logical axis names ("embed", "mlp", "classes") through
+``nn.with_logical_partitioning`` so the training loop can shard them.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+from flax import linen as nn
+from flax.core import FrozenDict
+
+from seqtrain.nn import ParallelRNN
+
+CELLS = {"gru": nn.GRUCell, "lstm": nn.LSTMCell, "simple": nn.SimpleCell}
+POOLINGS = ("mean", "last", "mean_logits")
+
+
+def _dense(features, names, name=None, use_bias=True):
+  return nn.Dense(features, name=name, use_bias=use_bias,
+                  kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), names),
+                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), names[-1:]))
+
+
+def masked_mean(x, mask):
+  """Mean over the time axis (-2) of x where mask (..., T) is True."""
+  m = mask[..., None].astype(x.dtype)
+  return jnp.sum(x * m, axis=-2) / jnp.maximum(jnp.sum(m, axis=-2), 1.0)
+
+
+class ResidualBlock(nn.Module):
+  width: int
+  cell: str = "gru"
+  method: str = "quasi_deer"
+  solver_options: Mapping[str, Any] = FrozenDict()
+  mlp_ratio: int = 1
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, lengths, *, train: bool = False):
+    if self.cell not in CELLS:
+      raise ValueError(f"unknown cell {self.cell!r}; valid cells: {', '.join(CELLS)}")
+    y = nn.LayerNorm(name="norm_rnn")(x)
+    y = ParallelRNN(CELLS[self.cell](self.width), method=self.method,
+                    solver_options=self.solver_options, name="rnn")(y, seq_lengths=lengths)
+    x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
+    y = nn.LayerNorm(name="norm_mlp")(x)
+    y = nn.gelu(_dense(self.width * self.mlp_ratio, ("embed", "mlp"), "mlp_in")(y))
+    y = _dense(self.width, ("mlp", "embed"), "mlp_out")(y)
+    return x + nn.Dropout(self.dropout, deterministic=not train)(y)
+
+
+class SequenceClassifier(nn.Module):
+  """Inputs (B, T, F) (+ lengths (B,)) -> logits (B, num_classes)."""
+  num_classes: int
+  width: int = 32
+  depth: int = 2
+  cell: str = "gru"
+  method: str = "quasi_deer"
+  solver_options: Mapping[str, Any] = FrozenDict()
+  pooling: str = "mean"
+  mlp_ratio: int = 1
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, lengths=None, *, train: bool = False):
+    if self.pooling not in POOLINGS:
+      raise ValueError(f"unknown pooling {self.pooling!r}; valid: {', '.join(POOLINGS)}")
+    b, t = x.shape[0], x.shape[1]
+    if lengths is None:
+      lengths = jnp.full((b,), t, jnp.int32)
+    mask = jnp.arange(t)[None, :] < lengths[:, None]
+    h = _dense(self.width, ("features", "embed"), "encoder")(x)
+    for i in range(self.depth):
+      h = ResidualBlock(self.width, self.cell, self.method, self.solver_options, self.mlp_ratio,
+                        self.dropout, name=f"block_{i}")(h, lengths, train=train)
+    head = _dense(self.num_classes, ("embed", "classes"), "head")
+    if self.pooling == "mean_logits":
+      return masked_mean(head(h), mask)
+    if self.pooling == "mean":
+      return head(masked_mean(h, mask))
+    last = jnp.take_along_axis(h, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)[:, 0]
+    return head(last)

@@ -1,0 +1,4 @@
+"""Flax Linen layers on top of seqtrain.solvers."""
+from seqtrain.nn.rnn import ParallelRNN
+
+__all__ = ["ParallelRNN"]

@@ -1,0 +1,134 @@
+"""Parallel-friendly forms of Flax's built-in RNN cells.
+
+For GRUCell, LSTMCell and SimpleCell (with their default activations) the
+input projections are computed once for all T outside the solver, and the
+step only applies the recurrent part, with an analytic diagonal Jacobian.
+The parameter names are Flax's own, so the parameter tree is unchanged.
+Any other cell (or a built-in one with custom activations) goes through the
+generic path: the cell itself is the step, and the quasi methods take the
+diagonal from forward-mode JVPs.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+
+class CellFns(NamedTuple):
+  project: Callable  # (params, xs (..., T, F)) -> per-step step inputs
+  step: Callable  # (params, carry, x_t) -> carry
+  diag: Callable | None  # (params, carry, x_t) -> (carry, diag) or None
+  output: Callable  # (carry) -> y
+
+
+def _dense(p, x):
+  y = x @ p["kernel"]
+  return y + p["bias"] if "bias" in p else y
+
+
+def _kdiag(p):
+  return jnp.diagonal(p["kernel"])
+
+
+def _gru(cell):
+  def project(p, xs):
+    return jnp.stack([_dense(p["ir"], xs), _dense(p["iz"], xs), _dense(p["in"], xs)], -2)
+
+  def parts(p, h, x):
+    r = jax.nn.sigmoid(x[..., 0, :] + _dense(p["hr"], h))
+    z = jax.nn.sigmoid(x[..., 1, :] + _dense(p["hz"], h))
+    hn = _dense(p["hn"], h)
+    n = jnp.tanh(x[..., 2, :] + r * hn)
+    return r, z, hn, n
+
+  def step(p, h, x):
+    _, z, _, n = parts(p, h, x)
+    return (1.0 - z) * n + z * h
+
+  def diag(p, h, x):
+    r, z, hn, n = parts(p, h, x)
+    dz = z * (1 - z) * _kdiag(p["hz"])
+    dr = r * (1 - r) * _kdiag(p["hr"])
+    dn = (1 - n * n) * (dr * hn + r * _kdiag(p["hn"]))
+    return (1.0 - z) * n + z * h, -dz * n + (1 - z) * dn + dz * h + z
+
+  return CellFns(project, step, diag, lambda h: h)
+
+
+def _lstm(cell):
+  gates = ("i", "f", "g", "o")
+
+  def project(p, xs):
+    return jnp.stack([_dense(p["i" + g], xs) for g in gates], -2)
+
+  def parts(p, carry, x):
+    c, h = carry
+    pre = [x[..., k, :] + _dense(p["h" + g], h) for k, g in enumerate(gates)]
+    i, f, o = jax.nn.sigmoid(pre[0]), jax.nn.sigmoid(pre[1]), jax.nn.sigmoid(pre[3])
+    g = jnp.tanh(pre[2])
+    c_new = f * c + i * g
+    return c, i, f, g, o, c_new, jnp.tanh(c_new)
+
+  def step(p, carry, x):
+    _, _, _, _, o, c_new, tc = parts(p, carry, x)
+    return c_new, o * tc
+
+  def diag(p, carry, x):
+    c, i, f, g, o, c_new, tc = parts(p, carry, x)
+    di = i * (1 - i) * _kdiag(p["hi"])
+    df = f * (1 - f) * _kdiag(p["hf"])
+    dg = (1 - g * g) * _kdiag(p["hg"])
+    do = o * (1 - o) * _kdiag(p["ho"])
+    dc_dh = df * c + di * g + i * dg
+    dh_dh = do * tc + o * (1 - tc * tc) * dc_dh
+    return (c_new, o * tc), (f, dh_dh)
+
+  return CellFns(project, step, diag, lambda carry: carry[1])
+
+
+def _simple(cell):
+  def project(p, xs):
+    return _dense(p["i"], xs)
+
+  def step(p, h, x):
+    return jnp.tanh(x + _dense(p["h"], h))
+
+  def diag(p, h, x):
+    y = step(p, h, x)
+    return y, (1 - y * y) * _kdiag(p["h"])
+
+  return CellFns(project, step, diag, lambda h: h)
+
+
+def _generic(cell):
+  """Any RNNCellBase: the cell is the step; diagonal from JVPs."""
+  cell_def = cell.clone(parent=None)
+
+  def step(p, carry, x):
+    return cell_def.apply({"params": p}, carry, x)[0]
+
+  def output(carry):
+    raise NotImplementedError  # outputs are recomputed by the layer
+
+  return CellFns(lambda p, xs: xs, step, None, output)
+
+
+def _default_acts(cell, gate=True):
+  ok = getattr(cell, "activation_fn", nn.tanh) in (nn.tanh, jnp.tanh, jax.nn.tanh)
+  if gate:
+    ok = ok and getattr(cell, "gate_fn", nn.sigmoid) in (nn.sigmoid, jax.nn.sigmoid)
+  return ok
+
+
+def cell_functions(cell: nn.RNNCellBase) -> tuple[CellFns, bool]:
+  """(functions, is_builtin) for a cell."""
+  if type(cell) is nn.GRUCell and _default_acts(cell):
+    return _gru(cell), True
+  if type(cell) is nn.LSTMCell and _default_acts(cell):
+    return _lstm(cell), True
+  if type(cell) is nn.SimpleCell and _default_acts(cell, gate=False) and not cell.residual:
+    return _simple(cell), True
+  return _generic(cell), False
