@@ -98,9 +98,11 @@ def test_user_defined_cell(method):
   _compare(MyCell(4), method, jnp.float64, True)
 
 
-@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("cell", list(CELLS) + ["diag_gru"])
 def test_analytic_diagonal_equals_jacfwd(cell):
-  mod = CELLS[cell](5, jnp.float64)
+  from seqtrain.nn import DiagGRUCell
+  make = dict(CELLS, diag_gru=lambda d, dt: DiagGRUCell(d, param_dtype=dt))
+  mod = make[cell](5, jnp.float64)
   x = jax.random.normal(jax.random.PRNGKey(2), (4,), jnp.float64)
   carry = mod.initialize_carry(jax.random.PRNGKey(0), (4,))
   carry = jax.tree_util.tree_map(lambda c: c + 0.3 * jax.random.normal(jax.random.PRNGKey(3), c.shape, c.dtype), carry)
@@ -134,3 +136,20 @@ def test_time_major_and_stats_collection():
 def test_unknown_method_fails_at_init():
   with pytest.raises(ValueError, match="valid methods"):
     ParallelRNN(nn.GRUCell(3), method="fast").init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 2)))
+
+
+def test_diagonal_cell_quasi_deer_is_exact_newton():
+  """With diagonal recurrent weights quasi-DEER takes exactly DEER's iterations."""
+  from seqtrain.nn import DiagGRUCell
+  cell = DiagGRUCell(8, param_dtype=jnp.float64)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 300, 3), jnp.float64)
+  p = nn.RNN(cell).init(jax.random.PRNGKey(1), x)
+  ref = nn.RNN(cell).apply(p, x)
+  iters = {}
+  for method in ("deer", "quasi_deer"):
+    y, st = ParallelRNN(cell, method=method).apply(p, x, mutable=["solver_stats"])
+    np.testing.assert_allclose(y, ref, atol=1e-10)
+    iters[method] = int(st["solver_stats"]["iterations"][0])
+  assert iters["quasi_deer"] == iters["deer"], iters
+  fns, builtin = cell_functions(cell)
+  assert builtin

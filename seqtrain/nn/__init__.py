@@ -1,4 +1,5 @@
 """Flax Linen layers on top of seqtrain.solvers."""
+from seqtrain.nn.cells import DiagGRUCell
 from seqtrain.nn.rnn import ParallelRNN
 
-__all__ = ["ParallelRNN"]
+__all__ = ["DiagGRUCell", "ParallelRNN"]
