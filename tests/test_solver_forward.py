@@ -1,6 +1,4 @@
 """Every parallel method against jax.lax.scan: states, on random cells."""
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +11,6 @@ PARALLEL = ["deer", "quasi_deer", "elk", "quasi_elk"]
 TOL = {jnp.float64: 1e-8, jnp.float32: 1e-4}
 
 
-@functools.lru_cache(maxsize=None)
 def _solver(step, method, **opts):
   return jax.jit(lambda p, h0, xs: solve(step, p, h0, xs, method, **opts))
 
