@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from seqtrain.nn import ParallelRNN
+from seqtrain.nn import DiagGRUCell, DiagLSTMCell, ParallelRNN
 from seqtrain.nn.cells import cell_functions
 
 METHODS = ["deer", "quasi_deer", "elk", "quasi_elk"]
@@ -98,10 +98,22 @@ def test_user_defined_cell(method):
   _compare(MyCell(4), method, jnp.float64, True)
 
 
-@pytest.mark.parametrize("cell", list(CELLS) + ["diag_gru"])
+EXTRA = {
+    "optimized_lstm": lambda d, dt: nn.OptimizedLSTMCell(d, param_dtype=dt, dtype=dt),
+    "diag_gru": lambda d, dt: DiagGRUCell(d, param_dtype=dt),
+    "diag_lstm": lambda d, dt: DiagLSTMCell(d, param_dtype=dt),
+}
+
+
+@pytest.mark.parametrize("cell", list(EXTRA))
+@pytest.mark.parametrize("method", ["quasi_deer", "deer"])
+def test_more_cells_match_nn_rnn(cell, method):
+  _compare(EXTRA[cell](5, jnp.float64), method, jnp.float64, True)
+
+
+@pytest.mark.parametrize("cell", list(CELLS) + list(EXTRA))
 def test_analytic_diagonal_equals_jacfwd(cell):
-  from seqtrain.nn import DiagGRUCell
-  make = dict(CELLS, diag_gru=lambda d, dt: DiagGRUCell(d, param_dtype=dt))
+  make = dict(CELLS, **EXTRA)
   mod = make[cell](5, jnp.float64)
   x = jax.random.normal(jax.random.PRNGKey(2), (4,), jnp.float64)
   carry = mod.initialize_carry(jax.random.PRNGKey(0), (4,))
@@ -140,7 +152,6 @@ def test_unknown_method_fails_at_init():
 
 def test_diagonal_cell_quasi_deer_is_exact_newton():
   """With diagonal recurrent weights quasi-DEER takes exactly DEER's iterations."""
-  from seqtrain.nn import DiagGRUCell
   cell = DiagGRUCell(8, param_dtype=jnp.float64)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 300, 3), jnp.float64)
   p = nn.RNN(cell).init(jax.random.PRNGKey(1), x)

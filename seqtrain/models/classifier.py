@@ -41,6 +41,10 @@ class ResidualBlock(nn.Module):
   mlp_ratio: int = 1
   dropout: float = 0.0
 
+  def __post_init__(self):
+    object.__setattr__(self, "solver_options", FrozenDict(self.solver_options))
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, x, lengths, *, train: bool = False):
     if self.cell not in CELLS:
@@ -66,6 +70,10 @@ class SequenceClassifier(nn.Module):
   pooling: str = "mean"
   mlp_ratio: int = 1
   dropout: float = 0.0
+
+  def __post_init__(self):
+    object.__setattr__(self, "solver_options", FrozenDict(self.solver_options))
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, x, lengths=None, *, train: bool = False):

@@ -127,7 +127,7 @@ def cell_functions(cell: nn.RNNCellBase) -> tuple[CellFns, bool]:
   """(functions, is_builtin) for a cell."""
   if type(cell) is nn.GRUCell and _default_acts(cell):
     return _gru(cell), True
-  if type(cell) is nn.LSTMCell and _default_acts(cell):
+  if type(cell) in (nn.LSTMCell, nn.OptimizedLSTMCell) and _default_acts(cell):
     return _lstm(cell), True
   if type(cell) is nn.SimpleCell and _default_acts(cell, gate=False) and not cell.residual:
     return _simple(cell), True
@@ -199,11 +199,74 @@ def _diag_gru(cell):
   return CellFns(project, _diag_gru_step, diag, lambda h: h)
 
 
+class DiagLSTMCell(nn.RNNCellBase):
+  """LSTM whose recurrent weights are diagonal vectors (ParaLSTM-style).
+
+  Gates g in {i, f, c, o}: pre_g = W_g x + b_g + u_g * h.  With the state
+  (c, h), df/d(c, h) has 2x2 blocks per unit; the quasi methods use their
+  diagonal (the dc'/dh and dh'/dc couplings are dropped), so convergence is
+  fast but not the single exact Newton of DiagGRUCell.
+  """
+  features: int
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, carry, inputs):
+    xp = jnp.stack([nn.Dense(self.features, name="i" + g, param_dtype=self.param_dtype)(inputs)
+                    for g in _LSTM_GATES], -2)
+    init = nn.initializers.uniform(1.0)
+    for g in _LSTM_GATES:
+      self.param("u" + g, lambda k, s, d: init(k, s, d) * 2 - 1, (self.features,),
+                 self.param_dtype)
+    new = _diag_lstm_step(self.variables["params"], carry, xp)
+    return new, new[1]
+
+  @nn.nowrap
+  def initialize_carry(self, rng, input_shape):
+    shape = input_shape[:-1] + (self.features,)
+    return jnp.zeros(shape, self.param_dtype), jnp.zeros(shape, self.param_dtype)
+
+  @property
+  def num_feature_axes(self) -> int:
+    return 1
+
+
+_LSTM_GATES = ("i", "f", "c", "o")
+
+
+def _diag_lstm_parts(p, carry, x):
+  c, h = carry
+  pre = [x[..., k, :] + p["u" + g] * h for k, g in enumerate(_LSTM_GATES)]
+  i, f, o = jax.nn.sigmoid(pre[0]), jax.nn.sigmoid(pre[1]), jax.nn.sigmoid(pre[3])
+  g = jnp.tanh(pre[2])
+  c_new = f * c + i * g
+  return c, i, f, g, o, c_new, jnp.tanh(c_new)
+
+
+def _diag_lstm_step(p, carry, x):
+  _, _, _, _, o, c_new, tc = _diag_lstm_parts(p, carry, x)
+  return c_new, o * tc
+
+
+def _diag_lstm(cell):
+  def project(p, xs):
+    return jnp.stack([_dense(p["i" + g], xs) for g in _LSTM_GATES], -2)
+
+  def diag(p, carry, x):
+    c, i, f, g, o, c_new, tc = _diag_lstm_parts(p, carry, x)
+    dc_dh = f * (1 - f) * p["uf"] * c + i * (1 - i) * p["ui"] * g + i * (1 - g * g) * p["uc"]
+    dh_dh = o * (1 - o) * p["uo"] * tc + o * (1 - tc * tc) * dc_dh
+    return (c_new, o * tc), (f, dh_dh)
+
+  return CellFns(project, _diag_lstm_step, diag, lambda carry: carry[1])
+
+
 _BUILTIN = {}  # filled below; type -> factory
 
 
 def _register():
   _BUILTIN[DiagGRUCell] = _diag_gru
+  _BUILTIN[DiagLSTMCell] = _diag_lstm
 
 
 _register()

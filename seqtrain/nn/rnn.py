@@ -37,6 +37,11 @@ class ParallelRNN(nn.Module):
   keep_order: bool = False
   stats_collection: str = "solver_stats"
 
+  def __post_init__(self):
+    # Plain dicts are accepted; a frozen copy keeps the module hashable (jit static).
+    object.__setattr__(self, "solver_options", FrozenDict(self.solver_options))
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, inputs, *, initial_carry=None, init_key=None, seq_lengths=None,
                return_carry=None, time_major=None, reverse=None, keep_order=None):
