@@ -33,17 +33,22 @@ def masked_mean(x, mask):
   return jnp.sum(x * m, axis=-2) / jnp.maximum(jnp.sum(m, axis=-2), 1.0)
 
 
-class ResidualBlock(nn.Module):
+class _SolverOptionsFrozen:
+  """Accept plain dicts for ``solver_options``; a frozen copy keeps the module
+  hashable (usable as a jit static argument)."""
+
+  def __post_init__(self):
+    object.__setattr__(self, "solver_options", FrozenDict(self.solver_options))
+    super().__post_init__()
+
+
+class ResidualBlock(_SolverOptionsFrozen, nn.Module):
   width: int
   cell: str = "gru"
   method: str = "quasi_deer"
   solver_options: Mapping[str, Any] = FrozenDict()
   mlp_ratio: int = 1
   dropout: float = 0.0
-
-  def __post_init__(self):
-    object.__setattr__(self, "solver_options", FrozenDict(self.solver_options))
-    super().__post_init__()
 
   @nn.compact
   def __call__(self, x, lengths, *, train: bool = False):
@@ -59,7 +64,7 @@ class ResidualBlock(nn.Module):
     return x + nn.Dropout(self.dropout, deterministic=not train)(y)
 
 
-class SequenceClassifier(nn.Module):
+class SequenceClassifier(_SolverOptionsFrozen, nn.Module):
   """Inputs (B, T, F) (+ lengths (B,)) -> logits (B, num_classes)."""
   num_classes: int
   width: int = 32
@@ -70,10 +75,6 @@ class SequenceClassifier(nn.Module):
   pooling: str = "mean"
   mlp_ratio: int = 1
   dropout: float = 0.0
-
-  def __post_init__(self):
-    object.__setattr__(self, "solver_options", FrozenDict(self.solver_options))
-    super().__post_init__()
 
   @nn.compact
   def __call__(self, x, lengths=None, *, train: bool = False):

@@ -33,14 +33,16 @@ def _kdiag(p):
   return jnp.diagonal(p["kernel"])
 
 
-def _gru(cell):
+def _gru_fns(rec, rec_diag, names=("ir", "iz", "in")):
+  """GRU in Flax's convention with recurrent maps rec(p, gate, h) and their
+  diagonals rec_diag(p, gate); gates "r", "z", "n" (n's map carries the bias)."""
   def project(p, xs):
-    return jnp.stack([_dense(p["ir"], xs), _dense(p["iz"], xs), _dense(p["in"], xs)], -2)
+    return jnp.stack([_dense(p[k], xs) for k in names], -2)
 
   def parts(p, h, x):
-    r = jax.nn.sigmoid(x[..., 0, :] + _dense(p["hr"], h))
-    z = jax.nn.sigmoid(x[..., 1, :] + _dense(p["hz"], h))
-    hn = _dense(p["hn"], h)
+    r = jax.nn.sigmoid(x[..., 0, :] + rec(p, "r", h))
+    z = jax.nn.sigmoid(x[..., 1, :] + rec(p, "z", h))
+    hn = rec(p, "n", h)
     n = jnp.tanh(x[..., 2, :] + r * hn)
     return r, z, hn, n
 
@@ -50,23 +52,29 @@ def _gru(cell):
 
   def diag(p, h, x):
     r, z, hn, n = parts(p, h, x)
-    dz = z * (1 - z) * _kdiag(p["hz"])
-    dr = r * (1 - r) * _kdiag(p["hr"])
-    dn = (1 - n * n) * (dr * hn + r * _kdiag(p["hn"]))
+    dz = z * (1 - z) * rec_diag(p, "z")
+    dr = r * (1 - r) * rec_diag(p, "r")
+    dn = (1 - n * n) * (dr * hn + r * rec_diag(p, "n"))
     return (1.0 - z) * n + z * h, -dz * n + (1 - z) * dn + dz * h + z
 
   return CellFns(project, step, diag, lambda h: h)
 
 
-def _lstm(cell):
-  gates = ("i", "f", "g", "o")
+def _gru(cell):
+  return _gru_fns(lambda p, g, h: _dense(p["h" + g], h), lambda p, g: _kdiag(p["h" + g]))
 
+
+_LSTM_GATES = ("i", "f", "g", "o")
+
+
+def _lstm_fns(rec, rec_diag):
+  """LSTM with recurrent maps rec(p, gate, h) and diagonals rec_diag(p, gate)."""
   def project(p, xs):
-    return jnp.stack([_dense(p["i" + g], xs) for g in gates], -2)
+    return jnp.stack([_dense(p["i" + g], xs) for g in _LSTM_GATES], -2)
 
   def parts(p, carry, x):
     c, h = carry
-    pre = [x[..., k, :] + _dense(p["h" + g], h) for k, g in enumerate(gates)]
+    pre = [x[..., k, :] + rec(p, g, h) for k, g in enumerate(_LSTM_GATES)]
     i, f, o = jax.nn.sigmoid(pre[0]), jax.nn.sigmoid(pre[1]), jax.nn.sigmoid(pre[3])
     g = jnp.tanh(pre[2])
     c_new = f * c + i * g
@@ -78,15 +86,16 @@ def _lstm(cell):
 
   def diag(p, carry, x):
     c, i, f, g, o, c_new, tc = parts(p, carry, x)
-    di = i * (1 - i) * _kdiag(p["hi"])
-    df = f * (1 - f) * _kdiag(p["hf"])
-    dg = (1 - g * g) * _kdiag(p["hg"])
-    do = o * (1 - o) * _kdiag(p["ho"])
-    dc_dh = df * c + di * g + i * dg
-    dh_dh = do * tc + o * (1 - tc * tc) * dc_dh
+    dc_dh = (f * (1 - f) * rec_diag(p, "f") * c + i * (1 - i) * rec_diag(p, "i") * g
+             + i * (1 - g * g) * rec_diag(p, "g"))
+    dh_dh = o * (1 - o) * rec_diag(p, "o") * tc + o * (1 - tc * tc) * dc_dh
     return (c_new, o * tc), (f, dh_dh)
 
   return CellFns(project, step, diag, lambda carry: carry[1])
+
+
+def _lstm(cell):
+  return _lstm_fns(lambda p, g, h: _dense(p["h" + g], h), lambda p, g: _kdiag(p["h" + g]))
 
 
 def _simple(cell):
@@ -139,8 +148,8 @@ def cell_functions(cell: nn.RNNCellBase) -> tuple[CellFns, bool]:
 class DiagGRUCell(nn.RNNCellBase):
   """GRU whose recurrent weights are diagonal vectors (ParaGRU-style).
 
-  h' = (1 - z) n + z h,  z = sigma(W_z x + u_z * h + b_z),
-  r = sigma(W_r x + u_r * h + b_r),  n = tanh(W_n x + b_n + r * (u_n * h + c_n)).
+  h' = (1 - z) n + z h,  z = sigma(W_z x + b_z + u_z * h),
+  r = sigma(W_r x + b_r + u_r * h),  n = tanh(W_n x + b_n + r * (u_n * h + c_n)).
   Each unit sees only its own past, so df/dh is exactly diagonal and
   quasi-DEER is exact Newton.
   """
@@ -149,8 +158,10 @@ class DiagGRUCell(nn.RNNCellBase):
 
   @nn.compact
   def __call__(self, carry, inputs):
-    xp = _diag_gru_project(self, inputs)
-    new = _diag_gru_step(self.variables["params"], carry, xp)
+    xp = jnp.stack([nn.Dense(self.features, name=name, param_dtype=self.param_dtype)(inputs)
+                    for name in ("ir", "iz", "in")], -2)
+    _diag_params(self, ("r", "z", "n"), biased=("n",))
+    new = _diag_gru(self).step(self.variables["params"], carry, xp)
     return new, new
 
   @nn.nowrap
@@ -162,47 +173,30 @@ class DiagGRUCell(nn.RNNCellBase):
     return 1
 
 
-def _diag_gru_project(cell, inputs):
-  dense = lambda name: nn.Dense(cell.features, name=name, param_dtype=cell.param_dtype)
-  xp = jnp.stack([dense("iz")(inputs), dense("ir")(inputs), dense("in")(inputs)], -2)
+def _diag_rec(p, g, h):
+  return p["u" + g] * h + (p["c" + g] if "c" + g in p else 0)
+
+
+def _diag_rec_diag(p, g):
+  return p["u" + g]
+
+
+def _diag_params(cell, gates, biased=()):
   init = nn.initializers.uniform(1.0)
-  for name in ("uz", "ur", "un"):
-    cell.param(name, lambda k, s, d: init(k, s, d) * 2 - 1, (cell.features,), cell.param_dtype)
-  cell.param("cn", nn.initializers.zeros_init(), (cell.features,), cell.param_dtype)
-  return xp
-
-
-def _diag_gru_parts(p, h, x):
-  z = jax.nn.sigmoid(x[..., 0, :] + p["uz"] * h)
-  r = jax.nn.sigmoid(x[..., 1, :] + p["ur"] * h)
-  hn = p["un"] * h + p["cn"]
-  n = jnp.tanh(x[..., 2, :] + r * hn)
-  return z, r, hn, n
-
-
-def _diag_gru_step(p, h, x):
-  z, _, _, n = _diag_gru_parts(p, h, x)
-  return (1.0 - z) * n + z * h
+  for g in gates:
+    cell.param("u" + g, lambda k, s, d: init(k, s, d) * 2 - 1, (cell.features,), cell.param_dtype)
+  for g in biased:
+    cell.param("c" + g, nn.initializers.zeros_init(), (cell.features,), cell.param_dtype)
 
 
 def _diag_gru(cell):
-  def project(p, xs):
-    return jnp.stack([_dense(p["iz"], xs), _dense(p["ir"], xs), _dense(p["in"], xs)], -2)
-
-  def diag(p, h, x):
-    z, r, hn, n = _diag_gru_parts(p, h, x)
-    dz = z * (1 - z) * p["uz"]
-    dr = r * (1 - r) * p["ur"]
-    dn = (1 - n * n) * (dr * hn + r * p["un"])
-    return (1.0 - z) * n + z * h, -dz * n + (1 - z) * dn + dz * h + z
-
-  return CellFns(project, _diag_gru_step, diag, lambda h: h)
+  return _gru_fns(_diag_rec, _diag_rec_diag)
 
 
 class DiagLSTMCell(nn.RNNCellBase):
   """LSTM whose recurrent weights are diagonal vectors (ParaLSTM-style).
 
-  Gates g in {i, f, c, o}: pre_g = W_g x + b_g + u_g * h.  With the state
+  Gates g in {i, f, g, o}: pre_g = W_g x + b_g + u_g * h.  With the state
   (c, h), df/d(c, h) has 2x2 blocks per unit; the quasi methods use their
   diagonal (the dc'/dh and dh'/dc couplings are dropped), so convergence is
   fast but not the single exact Newton of DiagGRUCell.
@@ -214,11 +208,8 @@ class DiagLSTMCell(nn.RNNCellBase):
   def __call__(self, carry, inputs):
     xp = jnp.stack([nn.Dense(self.features, name="i" + g, param_dtype=self.param_dtype)(inputs)
                     for g in _LSTM_GATES], -2)
-    init = nn.initializers.uniform(1.0)
-    for g in _LSTM_GATES:
-      self.param("u" + g, lambda k, s, d: init(k, s, d) * 2 - 1, (self.features,),
-                 self.param_dtype)
-    new = _diag_lstm_step(self.variables["params"], carry, xp)
+    _diag_params(self, _LSTM_GATES)
+    new = _diag_lstm(self).step(self.variables["params"], carry, xp)
     return new, new[1]
 
   @nn.nowrap
@@ -231,34 +222,8 @@ class DiagLSTMCell(nn.RNNCellBase):
     return 1
 
 
-_LSTM_GATES = ("i", "f", "c", "o")
-
-
-def _diag_lstm_parts(p, carry, x):
-  c, h = carry
-  pre = [x[..., k, :] + p["u" + g] * h for k, g in enumerate(_LSTM_GATES)]
-  i, f, o = jax.nn.sigmoid(pre[0]), jax.nn.sigmoid(pre[1]), jax.nn.sigmoid(pre[3])
-  g = jnp.tanh(pre[2])
-  c_new = f * c + i * g
-  return c, i, f, g, o, c_new, jnp.tanh(c_new)
-
-
-def _diag_lstm_step(p, carry, x):
-  _, _, _, _, o, c_new, tc = _diag_lstm_parts(p, carry, x)
-  return c_new, o * tc
-
-
 def _diag_lstm(cell):
-  def project(p, xs):
-    return jnp.stack([_dense(p["i" + g], xs) for g in _LSTM_GATES], -2)
-
-  def diag(p, carry, x):
-    c, i, f, g, o, c_new, tc = _diag_lstm_parts(p, carry, x)
-    dc_dh = f * (1 - f) * p["uf"] * c + i * (1 - i) * p["ui"] * g + i * (1 - g * g) * p["uc"]
-    dh_dh = o * (1 - o) * p["uo"] * tc + o * (1 - tc * tc) * dc_dh
-    return (c_new, o * tc), (f, dh_dh)
-
-  return CellFns(project, _diag_lstm_step, diag, lambda carry: carry[1])
+  return _lstm_fns(_diag_rec, _diag_rec_diag)
 
 
 _BUILTIN = {}  # filled below; type -> factory
