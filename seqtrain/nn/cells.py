@@ -21,7 +21,7 @@ class CellFns(NamedTuple):
   project: Callable  # (params, xs (..., T, F)) -> per-step step inputs
   step: Callable  # (params, carry, x_t) -> carry
   diag: Callable | None  # (params, carry, x_t) -> (carry, diag) or None
-  output: Callable  # (carry) -> y
+  output: Callable | None  # (carry) -> y; None: the layer re-applies the cell
 
 
 def _dense(p, x):
@@ -119,10 +119,7 @@ def _generic(cell):
   def step(p, carry, x):
     return cell_def.apply({"params": p}, carry, x)[0]
 
-  def output(carry):
-    raise NotImplementedError  # outputs are recomputed by the layer
-
-  return CellFns(lambda p, xs: xs, step, None, output)
+  return CellFns(lambda p, xs: xs, step, None, None)
 
 
 def _default_acts(cell, gate=True):

@@ -70,7 +70,7 @@ class ParallelRNN(nn.Module):
       self.cell(carry0, x[..., 0, :])
     params = self.cell.variables.get("params", FrozenDict())
 
-    fns, builtin = cell_functions(self.cell)
+    fns, _ = cell_functions(self.cell)
     n = math.prod(batch_dims)
     flat = lambda a: a.reshape((n,) + a.shape[len(batch_dims):])
     xs_flat = flat(x)
@@ -106,7 +106,7 @@ class ParallelRNN(nn.Module):
       self.sow(self.stats_collection, "fallbacks", jnp.sum(info.fallback.astype(jnp.int32)))
       self.sow(self.stats_collection, "converged", jnp.all(info.converged))
 
-    if builtin:
+    if fns.output is not None:
       ys = fns.output(carries)
     else:
       cell_def = self.cell.clone(parent=None)

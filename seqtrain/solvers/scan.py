@@ -113,17 +113,6 @@ def ops_for(kind: str):
   raise ValueError(f"unknown element kind {kind!r}; expected one of {KINDS}")
 
 
-def flush_subnormal(a):
-  """Zeroes entries too small to matter.
-
-  Products of many contracting transition matrices decay into subnormal
-  numbers, which x86 CPUs process up to 100x slower; their contribution is
-  below round-off of any state they multiply, so they are set to zero.
-  """
-  tiny = jnp.finfo(a.dtype).tiny * 2 ** 20
-  return jnp.where(jnp.abs(a) < tiny, jnp.zeros_like(a), a)
-
-
 def _affine_combine(ops):
   def combine(e1, e2):
     a1, b1 = e1
@@ -269,7 +258,7 @@ def _filter_combine(ops):
     # Symmetrise: round-off must not let covariances drift asymmetric.
     c = 0.5 * (c + ops.t(c))
     j = 0.5 * (j + ops.t(j))
-    return flush_subnormal(a), b, c, eta, j
+    return a, b, c, eta, j
   return combine
 
 
