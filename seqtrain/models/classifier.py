@@ -15,9 +15,10 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax.core import FrozenDict
 
-from seqtrain.nn import ParallelRNN
+from seqtrain.nn import DiagGRUCell, DiagLSTMCell, ParallelRNN
 
-CELLS = {"gru": nn.GRUCell, "lstm": nn.LSTMCell, "simple": nn.SimpleCell}
+CELLS = {"gru": nn.GRUCell, "lstm": nn.LSTMCell, "simple": nn.SimpleCell,
+         "diag_gru": DiagGRUCell, "diag_lstm": DiagLSTMCell}
 POOLINGS = ("mean", "last", "mean_logits")
 
 

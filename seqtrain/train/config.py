@@ -1,0 +1,335 @@
+"""Training configs: ml_collections ConfigDicts built by ``get_config(arg)`` files.
+
+A config file (``configs/<task>.py``) defines ``get_config(arg: str | None)`` and
+usually starts from :func:`base_config`. ``load_config("configs/x.py:variant",
+overrides)`` imports that one file, calls ``get_config("variant")``, applies
+``field=value`` overrides (typed by the existing field, unknown fields refused with
+suggestions), checks every value and locks the result, so a typo fails instead of
+silently training something else.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import ml_collections
+
+__all__ = ["ConfigError", "base_config", "load_config", "apply_overrides", "validate",
+           "config_to_json", "config_from_json", "config_diff", "SHAPE_FIELDS", "CONFIGS_DIR"]
+
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+METHODS = ("sequential", "deer", "quasi_deer", "elk", "quasi_elk")
+CELLS = ("gru", "lstm", "simple", "diag_gru", "diag_lstm")
+
+# Fields whose change makes a checkpoint unusable (parameter shapes, model or data meaning).
+SHAPE_FIELDS = ("model.width", "model.depth", "model.cell", "model.pooling", "model.mlp_ratio",
+                "data.source", "data.name", "data.num_classes", "data.channels",
+                "data.train_file")
+
+
+class ConfigError(ValueError):
+  """A config that cannot be used: the message names the field and the value."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field a training run reads, with defaults (a small GRU on BasicMotions)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "archive"          # archive | files | synthetic
+  c.data.name = "BasicMotions"       # archive dataset or synthetic task name
+  c.data.data_dir = ""               # extra folder searched for <name>_TRAIN.ts (before bundled, cache)
+  c.data.train_file = ""             # source=files: .ts or .npz
+  c.data.test_file = ""
+  c.data.validation_file = ""
+  c.data.validation_fraction = 0.2   # stratified split of train when there is no validation file
+  c.data.format = "memory"           # memory | tfds (array_record prepared under data.tfds_dir)
+  c.data.tfds_dir = ""               # default: <workdir>/tfds
+  c.data.normalize = True
+  c.data.max_length = 0              # crop longer series (0: no cropping)
+  c.data.bucket_boundaries = ()      # pad to these lengths instead of the longest series
+  c.data.bucket_window = 0           # sort windows of this many batches by length (0: off)
+  c.data.read_threads = 2
+  # synthetic tasks
+  c.data.length = 1024
+  c.data.train_size = 1024
+  c.data.validation_size = 256
+  c.data.test_size = 256
+  c.data.num_classes = 4
+  c.data.channels = 1
+
+  c.model = ml_collections.ConfigDict()
+  c.model.width = 32
+  c.model.depth = 2
+  c.model.cell = "gru"
+  c.model.pooling = "mean"
+  c.model.mlp_ratio = 2
+  c.model.dropout = 0.0
+  c.model.solver = ml_collections.ConfigDict()
+  c.model.solver.method = "quasi_deer"
+  c.model.solver.max_iter = 0        # 0: the solver's default
+  c.model.solver.on_failure = "sequential"  # sequential | return | raise
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 16            # global, over all processes and devices
+  c.train.eval_batch_size = 64
+  c.train.steps = 300
+  c.train.optimizer = "adamw"        # adamw | adam | sgd
+  c.train.learning_rate = 3e-3
+  c.train.weight_decay = 1e-2
+  c.train.schedule = "cosine"        # cosine | constant
+  c.train.warmup_steps = 20
+  c.train.grad_clip = 1.0            # global norm (0: off)
+  c.train.log_every = 10
+  c.train.eval_every = 50
+  c.train.checkpoint_every = 100
+  c.train.keep_checkpoints = 2
+  c.train.max_bad_steps = 10         # stop after this many non-finite updates in a row
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.axes = ("data",)
+  c.mesh.shape = (-1,)
+  return c
+
+
+def _import_config_file(path: Path):
+  spec = importlib.util.spec_from_file_location(f"seqtrain_config_{path.stem}", path)
+  if spec is None or spec.loader is None:
+    raise ConfigError(f"{path}: cannot be imported as a Python config file")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"{path}: defines no get_config(arg) function")
+  return module
+
+
+def resolve_config_path(spec: str) -> tuple[Path, str | None]:
+  """``"configs/x.py:arg"`` or a bare name ``"x"`` (looked up in the repository's configs/)."""
+  path, _, arg = spec.partition(":")
+  p = Path(path).expanduser()
+  if not p.exists() and not path.endswith(".py") and (CONFIGS_DIR / f"{path}.py").exists():
+    p = CONFIGS_DIR / f"{path}.py"
+  if not p.is_file():
+    known = sorted(f.stem for f in CONFIGS_DIR.glob("*.py")) if CONFIGS_DIR.is_dir() else []
+    raise ConfigError(f"config file {path!r} not found" +
+                      (f" (configs: {', '.join(known)})" if known else ""))
+  return p, (arg or None)
+
+
+def _parse_value(field: str, text: str, current: Any):
+  if isinstance(current, bool):
+    if text.lower() in ("true", "1", "yes"):
+      return True
+    if text.lower() in ("false", "0", "no"):
+      return False
+    raise ConfigError(f"--config.{field}={text}: expected true or false")
+  if isinstance(current, (int, float)) and not isinstance(current, bool):
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      raise ConfigError(f"--config.{field}={text}: expected a {type(current).__name__}") from None
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+      value = float(value)
+    if type(value) is not type(current):
+      raise ConfigError(f"--config.{field}={text}: expected a {type(current).__name__}, got "
+                        f"{type(value).__name__}")
+    return value
+  if isinstance(current, (tuple, list)):
+    try:
+      value = ast.literal_eval(text) if text.strip() else ()
+    except (ValueError, SyntaxError):
+      value = tuple(v.strip() for v in text.split(",") if v.strip())
+    if isinstance(value, (int, float, str)):
+      value = (value,)
+    if not isinstance(value, (tuple, list)):
+      raise ConfigError(f"--config.{field}={text}: expected a comma separated list")
+    return tuple(value)
+  return text
+
+
+def _all_fields(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  out = []
+  for k, v in config.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      out += _all_fields(v, f"{prefix}{k}.")
+    else:
+      out.append(prefix + k)
+  return out
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]):
+  """Applies ``field=value`` strings (``--config.`` prefix optional)."""
+  fields = _all_fields(config)
+  for item in overrides:
+    text = item[len("--config."):] if item.startswith("--config.") else item
+    if "=" not in text:
+      raise ConfigError(f"override {item!r}: expected --config.field=value")
+    field, value = text.split("=", 1)
+    if field not in fields:
+      close = difflib.get_close_matches(field, fields, n=3)
+      raise ConfigError(f"unknown config field {field!r}" +
+                        (f"; did you mean {', '.join(close)}?" if close else ""))
+    node = config
+    *parents, leaf = field.split(".")
+    for p in parents:
+      node = node[p]
+    with node.ignore_type():
+      node[leaf] = _parse_value(field, value, node[leaf])
+  return config
+
+
+def _check(cond: bool, field: str, value: Any, what: str):
+  if not cond:
+    raise ConfigError(f"config field {field}={value!r}: {what}")
+
+
+def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Types and ranges of every field the trainer reads; raises ConfigError naming it."""
+  base = base_config()
+  for field in _all_fields(base):
+    try:
+      value = c
+      for part in field.split("."):
+        value = value[part]
+    except (KeyError, AttributeError):
+      raise ConfigError(f"config is missing field {field!r} (start configs from "
+                        "seqtrain.train.config.base_config())") from None
+    default = base
+    for part in field.split("."):
+      default = default[part]
+    if isinstance(default, bool):
+      _check(isinstance(value, bool), field, value, "expected true or false")
+    elif isinstance(default, int):
+      _check(isinstance(value, int) and not isinstance(value, bool), field, value,
+             "expected an integer")
+    elif isinstance(default, float):
+      _check(isinstance(value, (int, float)) and not isinstance(value, bool), field, value,
+             "expected a number")
+    elif isinstance(default, str):
+      _check(isinstance(value, str), field, value, "expected a string")
+  for field in ("seed", "data.max_length", "data.bucket_window", "train.warmup_steps",
+                "model.solver.max_iter"):
+    _check(_get(c, field) >= 0, field, _get(c, field), "must be >= 0")
+  for field in ("model.width", "model.depth", "model.mlp_ratio", "train.batch_size",
+                "train.eval_batch_size", "train.steps", "train.log_every", "train.eval_every",
+                "train.checkpoint_every", "train.keep_checkpoints", "train.max_bad_steps",
+                "data.length", "data.train_size", "data.validation_size", "data.test_size",
+                "data.channels", "data.read_threads"):
+    _check(_get(c, field) >= 1, field, _get(c, field), "must be >= 1")
+  _check(c.data.num_classes >= 2, "data.num_classes", c.data.num_classes, "must be >= 2")
+  _check(c.data.source in ("archive", "files", "synthetic"), "data.source", c.data.source,
+         "expected archive, files or synthetic")
+  _check(c.data.format in ("memory", "tfds"), "data.format", c.data.format,
+         "expected memory or tfds")
+  _check(0.0 <= c.data.validation_fraction < 1.0, "data.validation_fraction",
+         c.data.validation_fraction, "must be in [0, 1)")
+  if c.data.source == "files":
+    _check(bool(c.data.train_file), "data.train_file", c.data.train_file,
+           "source=files needs a .ts or .npz training file")
+  _check(all(isinstance(b, int) and b > 0 for b in c.data.bucket_boundaries),
+         "data.bucket_boundaries", c.data.bucket_boundaries, "expected positive integers")
+  _check(c.model.cell in CELLS, "model.cell", c.model.cell, f"expected one of {', '.join(CELLS)}")
+  _check(c.model.pooling in ("mean", "last", "mean_logits"), "model.pooling", c.model.pooling,
+         "expected mean, last or mean_logits")
+  _check(0.0 <= c.model.dropout < 1.0, "model.dropout", c.model.dropout, "must be in [0, 1)")
+  _check(c.model.solver.method in METHODS, "model.solver.method", c.model.solver.method,
+         f"expected one of {', '.join(METHODS)}")
+  _check(c.model.solver.on_failure in ("sequential", "return", "raise"),
+         "model.solver.on_failure", c.model.solver.on_failure,
+         "expected sequential, return or raise")
+  _check(c.train.optimizer in ("adamw", "adam", "sgd"), "train.optimizer", c.train.optimizer,
+         "expected adamw, adam or sgd")
+  _check(c.train.learning_rate > 0, "train.learning_rate", c.train.learning_rate, "must be > 0")
+  _check(c.train.weight_decay >= 0, "train.weight_decay", c.train.weight_decay, "must be >= 0")
+  _check(c.train.grad_clip >= 0, "train.grad_clip", c.train.grad_clip, "must be >= 0")
+  _check(c.train.schedule in ("cosine", "constant"), "train.schedule", c.train.schedule,
+         "expected cosine or constant")
+  _check(len(c.mesh.axes) == len(c.mesh.shape) and len(c.mesh.axes) >= 1, "mesh.shape",
+         c.mesh.shape, f"needs one size per axis of mesh.axes={tuple(c.mesh.axes)}")
+  _check("data" in c.mesh.axes, "mesh.axes", c.mesh.axes, "needs a 'data' axis")
+  _check(sum(1 for s in c.mesh.shape if s == -1) <= 1 and all(
+      isinstance(s, int) and (s == -1 or s >= 1) for s in c.mesh.shape), "mesh.shape",
+         c.mesh.shape, "sizes are positive integers, at most one -1")
+  return c
+
+
+def _get(c, field):
+  for part in field.split("."):
+    c = c[part]
+  return c
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """Loads ``path[:arg]``, applies overrides, validates and locks."""
+  path, arg = resolve_config_path(spec)
+  module = _import_config_file(path)
+  try:
+    config = module.get_config(arg) if arg is not None else module.get_config()
+  except TypeError:
+    config = module.get_config()
+    if arg is not None:
+      raise ConfigError(f"{path}: get_config() takes no variant argument, got {arg!r}") from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"{path}: get_config returned {type(config).__name__}, not a ConfigDict")
+  config.unlock()
+  apply_overrides(config, overrides)
+  validate(config)
+  config.lock()
+  return config
+
+
+def _plain(v):
+  if isinstance(v, dict):
+    return {k: _plain(x) for k, x in v.items()}
+  if isinstance(v, (tuple, list)):
+    return [_plain(x) for x in v]
+  return v
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(_plain(config.to_dict()), indent=2, sort_keys=True)
+
+
+def config_from_json(text: str) -> ml_collections.ConfigDict:
+  def tuples(v):
+    if isinstance(v, dict):
+      return {k: tuples(x) for k, x in v.items()}
+    if isinstance(v, list):
+      return tuple(tuples(x) for x in v)
+    return v
+  config = base_config()
+  config.update(ml_collections.ConfigDict(tuples(json.loads(text))))
+  validate(config)
+  config.lock()
+  return config
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+def config_diff(old: dict, new: dict, fields: Sequence[str] | None = None) -> list[str]:
+  """Lines ``field: old -> new`` for the fields that differ (all, or the given ones)."""
+  a, b = _flat(_plain(old)), _flat(_plain(new))
+  keys = sorted(set(a) | set(b)) if fields is None else list(fields)
+  return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys
+          if a.get(k, "<absent>") != b.get(k, "<absent>")]
+
+
+def write_json_atomic(path: str | os.PathLike, text: str):
+  path = Path(path)
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)

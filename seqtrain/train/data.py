@@ -1,0 +1,137 @@
+"""Config -> train / validation / test sources, normalisation and iterators."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seqtrain.data import pipeline, sources
+from seqtrain.data.pipeline import Normalizer, ShardInfo
+from seqtrain.data.ts import DataFormatError
+
+__all__ = ["Subset", "DataBundle", "build_data", "data_signature"]
+
+
+class Subset:
+  """Rows ``indices`` of a random-access source."""
+
+  def __init__(self, source, indices):
+    self.source = source
+    self.indices = np.asarray(indices, np.int64)
+    self.lengths = np.asarray(source.lengths)[self.indices]
+    self.labels = np.asarray(source.labels)[self.indices]
+    for attr in ("class_names", "num_channels", "num_classes", "name"):
+      if hasattr(source, attr):
+        setattr(self, attr, getattr(source, attr))
+
+  def __len__(self):
+    return len(self.indices)
+
+  def __getitem__(self, i):
+    return self.source[int(self.indices[i])]
+
+
+@dataclasses.dataclass
+class DataBundle:
+  train: Any
+  validation: Any
+  test: Any | None
+  class_names: tuple[str, ...]
+  num_channels: int
+  normalizer: Normalizer | None
+  max_length: int
+  description: str
+
+  def split(self, name: str):
+    source = {"train": self.train, "validation": self.validation, "test": self.test}.get(name)
+    if source is None:
+      raise DataFormatError(name, f"this dataset has no {name} split")
+    return source
+
+  def info(self) -> dict:
+    return {"class_names": list(self.class_names), "num_channels": self.num_channels,
+            "max_length": self.max_length, "description": self.description,
+            "normalizer": self.normalizer.to_json() if self.normalizer else None,
+            "sizes": {k: len(v) for k, v in (("train", self.train), ("validation",
+                                                                     self.validation),
+                                             ("test", self.test)) if v is not None}}
+
+
+def _synthetic(config):
+  from seqtrain.data.synthetic import make_task
+  d = config.data
+  options = dict(num_classes=d.num_classes, channels=d.channels)
+  make = lambda split, size: make_task(d.name, split=split, length=d.length, size=size,
+                                       seed=config.seed, **options)
+  return (make("train", d.train_size), make("validation", d.validation_size),
+          make("test", d.test_size))
+
+
+def _tfds(config, workdir):
+  from seqtrain.data import tfds_builder
+  d = config.data
+  root = Path(d.tfds_dir) if d.tfds_dir else Path(workdir) / "tfds"
+  tfds_builder.prepare(d.name, root, source_dir=d.data_dir or None)
+  train = tfds_builder.data_source(d.name, "train", root)
+  test = tfds_builder.data_source(d.name, "test", root)
+  if d.validation_fraction > 0:
+    keep, held = pipeline.stratified_split(train.labels, d.validation_fraction, config.seed)
+    return Subset(train, keep), Subset(train, held), test
+  return train, test, test
+
+
+def build_data(config, workdir: str | Path | None = None) -> DataBundle:
+  d = config.data
+  if d.source == "synthetic":
+    train, val, test = _synthetic(config)
+  elif d.format == "tfds":
+    if d.source != "archive":
+      raise DataFormatError(d.source, "data.format=tfds reads archive datasets (data.source="
+                            "archive); use data.format=memory for files")
+    train, val, test = _tfds(config, workdir or ".")
+  else:
+    splits = sources.load_splits(
+        d.name if d.source == "archive" else (d.name or None),
+        train_file=d.train_file or None if d.source == "files" else None,
+        test_file=d.test_file or None, validation_file=d.validation_file or None,
+        data_dir=d.data_dir or None, validation_fraction=d.validation_fraction, seed=config.seed)
+    train, val, test = splits.train, splits.validation, splits.test
+  class_names = tuple(train.class_names)
+  channels = int(train.num_channels)
+  lengths = np.concatenate([np.asarray(s.lengths) for s in (train, val, test) if s is not None])
+  max_length = int(lengths.max())
+  if d.max_length:
+    max_length = min(max_length, d.max_length)
+  normalizer = None
+  if d.normalize:
+    budget = max(8, min(4096, int(2e7 // max(1, max_length))))
+    normalizer = Normalizer.fit(train, max_examples=budget, seed=config.seed)
+  description = (f"{d.name or d.train_file}: {len(train)} train / {len(val)} validation / "
+                 f"{len(test) if test is not None else 0} test, {channels} channels, "
+                 f"{len(class_names)} classes, length <= {max_length}")
+  return DataBundle(train, val, test, class_names, channels, normalizer, max_length, description)
+
+
+def train_iterator(bundle: DataBundle, config, shard: ShardInfo):
+  d = config.data
+  ds = pipeline.train_dataset(bundle.train, global_batch_size=config.train.batch_size,
+                              seed=config.seed, shard=shard, normalizer=bundle.normalizer,
+                              bucket_boundaries=d.bucket_boundaries or None,
+                              bucket_window=d.bucket_window, max_length=d.max_length or None,
+                              read_threads=d.read_threads)
+  return iter(ds)
+
+
+def eval_batches(source, bundle: DataBundle, config, shard: ShardInfo):
+  d = config.data
+  return pipeline.eval_dataset(source, global_batch_size=config.train.eval_batch_size,
+                               shard=shard, normalizer=bundle.normalizer,
+                               bucket_boundaries=d.bucket_boundaries or None,
+                               max_length=d.max_length or None, read_threads=d.read_threads)
+
+
+def data_signature(bundle: DataBundle) -> str:
+  return json.dumps({"class_names": list(bundle.class_names), "channels": bundle.num_channels})

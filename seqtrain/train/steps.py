@@ -1,0 +1,183 @@
+"""Model, optimizer, train state and the jitted train / eval steps.
+
+The per-example work (the parallel-in-time recurrences) runs inside
+``jax.shard_map`` over the mesh's ``data`` axis: each device solves its own rows
+and the only collectives are one ``psum`` of gradients and metrics per step, never
+one per time step (plain auto-sharding of a scanned recurrence puts collectives
+inside the time loop). Parameters and optimizer state are replicated.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+from jax.sharding import PartitionSpec as P
+
+from seqtrain.models import SequenceClassifier
+
+__all__ = ["TrainState", "build_model", "build_optimizer", "init_state", "make_train_step",
+           "make_eval_step", "solver_options", "confusion_metrics"]
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array          # raw uint32 key data: checkpoints hold plain arrays
+  bad_steps: jax.Array    # consecutive skipped (non-finite) updates
+
+
+def solver_options(config) -> dict:
+  opts = {"on_failure": config.model.solver.on_failure}
+  if config.model.solver.max_iter:
+    opts["max_iter"] = int(config.model.solver.max_iter)
+  return opts
+
+
+def build_model(config, num_classes: int) -> SequenceClassifier:
+  m = config.model
+  return SequenceClassifier(num_classes=num_classes, width=m.width, depth=m.depth, cell=m.cell,
+                            method=m.solver.method, solver_options=solver_options(config),
+                            pooling=m.pooling, mlp_ratio=m.mlp_ratio, dropout=m.dropout)
+
+
+def build_optimizer(config) -> optax.GradientTransformation:
+  t = config.train
+  if t.schedule == "cosine":
+    lr = optax.warmup_cosine_decay_schedule(0.0, t.learning_rate, max(t.warmup_steps, 0),
+                                            max(t.steps, t.warmup_steps + 1), t.learning_rate * 0.01)
+  else:
+    lr = optax.join_schedules([optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps),
+                               optax.constant_schedule(t.learning_rate)], [t.warmup_steps]) \
+        if t.warmup_steps else optax.constant_schedule(t.learning_rate)
+  if t.optimizer == "adamw":
+    opt = optax.adamw(lr, weight_decay=t.weight_decay)
+  elif t.optimizer == "adam":
+    opt = optax.adam(lr)
+  else:
+    opt = optax.sgd(lr, momentum=0.9)
+  chain = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
+  return optax.chain(*chain, opt), lr
+
+
+def init_state(model, tx, config, example_shape, channels: int) -> TrainState:
+  """Pure init (jit it with out_shardings so arrays are born where they live)."""
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, run_rng = jax.random.split(rng)
+  x = jnp.zeros((1, example_shape, channels), jnp.float32)
+  params = model.init(init_rng, x, jnp.full((1,), example_shape, jnp.int32))["params"]
+  params = flax.core.meta.unbox(params)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    rng=jax.random.key_data(run_rng) if jnp.issubdtype(run_rng.dtype,
+                                                                       jax.dtypes.prng_key)
+                    else run_rng, bad_steps=jnp.zeros((), jnp.int32))
+
+
+def _flat_stats(mutable: dict) -> dict:
+  flat = traverse_util.flatten_dict(mutable.get("solver_stats", {}), sep="/")
+  return {k: v[0] if isinstance(v, tuple) else v for k, v in flat.items()}
+
+
+def _reduce_stats(stats: dict, axis: str) -> dict:
+  out = {}
+  for k, v in stats.items():
+    if k.endswith("fallbacks"):
+      out[k] = jax.lax.psum(v.astype(jnp.int32), axis)
+    elif k.endswith("converged"):
+      out[k] = jax.lax.pmin(v.astype(jnp.int32), axis)
+    else:
+      out[k] = jax.lax.pmax(v.astype(jnp.float32), axis)
+  return out
+
+
+def make_train_step(model, tx, mesh, lr_schedule: Callable) -> Callable:
+  """(state, batch) -> (state, metrics); batch arrays sharded over ``data``."""
+
+  def per_shard(params, batch, rng):
+    def loss_fn(p):
+      logits, mutable = model.apply({"params": p}, batch["inputs"], batch["lengths"], train=True,
+                                    rngs={"dropout": rng}, mutable=["solver_stats"])
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+                                                           batch["labels"])
+      return jnp.sum(ce * batch["mask"]), (logits, _flat_stats(mutable))
+
+    (loss_sum, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    count = jax.lax.psum(jnp.sum(batch["mask"]), "data")
+    grads = jax.tree.map(lambda g: jax.lax.psum(g, "data") / count, grads)
+    correct = jnp.sum((jnp.argmax(logits, -1) == batch["labels"]) * batch["mask"])
+    metrics = {"loss": jax.lax.psum(loss_sum, "data") / count,
+               "accuracy": jax.lax.psum(correct, "data") / count}
+    metrics.update(_reduce_stats(stats, "data"))
+    return grads, metrics
+
+  grads_fn = jax.shard_map(per_shard, mesh=mesh, in_specs=(P(), P("data"), P()),
+                           out_specs=(P(), P()), check_vma=False)
+
+  def step(state: TrainState, batch: dict):
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    grads, metrics = grads_fn(state.params, batch, jax.random.key_data(rng))
+    grad_norm = optax.global_norm(grads)
+    ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+    new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                              opt_state=keep(opt_state, state.opt_state),
+                              bad_steps=jnp.where(ok, 0, state.bad_steps + 1))
+    metrics.update(grad_norm=grad_norm, learning_rate=lr_schedule(state.step),
+                   skipped=(~ok).astype(jnp.int32))
+    return new_state, metrics
+
+  return step
+
+
+def make_eval_step(model, mesh, num_classes: int) -> Callable:
+  """(params, batch) -> {loss_sum, count, confusion (K, K) [true, predicted], solver stats}."""
+
+  def per_shard(params, batch):
+    logits, mutable = model.apply({"params": params}, batch["inputs"], batch["lengths"],
+                                  train=False, mutable=["solver_stats"])
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+                                                         batch["labels"])
+    w = batch["mask"]
+    pred = jnp.argmax(logits, -1)
+    confusion = jnp.einsum("b,bi,bj->ij", w, jax.nn.one_hot(batch["labels"], num_classes),
+                           jax.nn.one_hot(pred, num_classes))
+    out = {"loss_sum": jax.lax.psum(jnp.sum(ce * w), "data"),
+           "confusion": jax.lax.psum(confusion, "data")}
+    out.update(_reduce_stats(_flat_stats(mutable), "data"))
+    return out
+
+  return jax.shard_map(per_shard, mesh=mesh, in_specs=(P(), P("data")), out_specs=P(),
+                       check_vma=False)
+
+
+def confusion_metrics(confusion: np.ndarray, class_names) -> dict:
+  """Exact metrics from a (true, predicted) count matrix."""
+  c = np.asarray(confusion, np.float64)
+  total = c.sum()
+  tp = np.diag(c)
+  support = c.sum(1)
+  predicted = c.sum(0)
+  recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+  precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+  f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp),
+                 where=(precision + recall) > 0)
+  present = support > 0
+  return {
+      "count": int(round(total)),
+      "accuracy": float(tp.sum() / total) if total else float("nan"),
+      "balanced_accuracy": float(recall[present].mean()) if present.any() else float("nan"),
+      "macro_f1": float(f1[present].mean()) if present.any() else float("nan"),
+      "per_class": {str(name): {"precision": float(precision[i]), "recall": float(recall[i]),
+                                "f1": float(f1[i]), "support": int(round(support[i]))}
+                    for i, name in enumerate(class_names)},
+      "confusion_matrix": np.rint(c).astype(int).tolist(),
+      "class_names": [str(n) for n in class_names],
+  }

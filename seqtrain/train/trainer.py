@@ -1,0 +1,285 @@
+"""train_and_evaluate(config, workdir): the training job, read top to bottom.
+
+Phases: workdir and config -> mesh -> input pipeline -> model and optimizer ->
+state born sharded (or restored) -> compiled steps -> loop with periodic
+logging / validation / checkpoints -> final test evaluation.
+
+Running again on the same workdir resumes from the newest checkpoint: parameters,
+optimizer state, rng and the data iterator position, so the resumed run produces
+the same parameters as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqtrain.data.pipeline import ShardInfo
+from seqtrain.parallel import mesh as mesh_lib
+from seqtrain.train import config as config_lib
+from seqtrain.train import data as data_lib
+from seqtrain.train import steps as steps_lib
+from seqtrain.train.checkpoint import Checkpoints, abstract_like
+from seqtrain.train.writers import MetricWriters, Progress
+
+__all__ = ["train_and_evaluate", "TrainingError", "evaluate_split", "ResumeError"]
+
+log = logging.getLogger("seqtrain")
+
+
+class TrainingError(RuntimeError):
+  """The run cannot go on (e.g. non-finite updates); checkpoints written so far are intact."""
+
+
+class ResumeError(RuntimeError):
+  """The workdir holds a run that this config cannot resume."""
+
+
+def is_time(step: int, every: int, total: int) -> bool:
+  """Periodic action at ``step`` (1-based count of finished steps); the last step always."""
+  return step == total or (every > 0 and step % every == 0)
+
+
+def _check_resume(workdir: Path, config, allow_changes: bool):
+  path = workdir / "config.json"
+  text = config_lib.config_to_json(config)
+  if path.exists():
+    try:
+      old = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+      raise ResumeError(f"{path}: unreadable ({e}); move it away to start a new run") from None
+    new = json.loads(text)
+    shape_diff = config_lib.config_diff(old, new, config_lib.SHAPE_FIELDS)
+    if shape_diff and not allow_changes:
+      raise ResumeError(f"{workdir} holds a run with another model or dataset; refusing to "
+                        f"resume it with this config:\n  " + "\n  ".join(shape_diff) +
+                        "\nUse a new --workdir (or --allow-config-change to fine-tune from it).")
+    other = config_lib.config_diff(old, new)
+    if other:
+      log.warning("config differs from the one in %s: %s", path, "; ".join(other))
+      if jax.process_index() == 0:
+        config_lib.write_json_atomic(workdir / f"config.{int(time.time())}.previous.json",
+                                     json.dumps(old, indent=2, sort_keys=True))
+  if jax.process_index() == 0:
+    config_lib.write_json_atomic(path, text)
+
+
+def evaluate_split(eval_fn, params, source, bundle, config, mesh, shard) -> dict:
+  """Exact metrics over every example of ``source`` (padding rows masked)."""
+  confusion = None
+  loss_sum = 0.0
+  stats: dict[str, float] = {}
+  for batch in data_lib.eval_batches(source, bundle, config, shard):
+    out = eval_fn(params, mesh_lib.host_to_global(batch, mesh))
+    out = jax.device_get(out)
+    confusion = out["confusion"] if confusion is None else confusion + out["confusion"]
+    loss_sum += float(out["loss_sum"])
+    for k, v in out.items():
+      if k not in ("confusion", "loss_sum"):
+        stats[k] = max(stats.get(k, 0.0), float(v)) if not k.endswith("fallbacks") else \
+            stats.get(k, 0.0) + float(v)
+  metrics = steps_lib.confusion_metrics(confusion, bundle.class_names)
+  metrics["loss"] = loss_sum / max(metrics["count"], 1)
+  metrics["solver"] = stats
+  return metrics
+
+
+def _solver_summary(metrics: dict) -> dict:
+  iters = [float(v) for k, v in metrics.items() if k.endswith("/iterations")]
+  fallbacks = [float(v) for k, v in metrics.items() if k.endswith("/fallbacks")]
+  out = {}
+  if iters:
+    out["solver_iters"] = max(iters)
+  if fallbacks:
+    out["fallbacks"] = sum(fallbacks)
+  return out
+
+
+def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_change: bool = False,
+                       stop_after: int | None = None) -> dict:
+  """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns final metrics.
+
+  ``stop_after``: leave the loop after this many steps of this invocation (tests use
+  it to simulate an interruption; the schedule still spans ``config.train.steps``).
+  """
+  # --- workdir, config, logging -------------------------------------------------------------
+  workdir = Path(workdir).absolute()
+  primary = jax.process_index() == 0
+  workdir.mkdir(parents=True, exist_ok=True)
+  if not os.access(workdir, os.W_OK):
+    raise PermissionError(f"workdir {workdir} is not writable")
+  _check_resume(workdir, config, allow_config_change)
+  progress = Progress(config.train.steps, active=primary)
+  say = progress.print
+
+  # --- mesh ---------------------------------------------------------------------------------
+  mesh = mesh_lib.make_mesh(config.mesh.axes, config.mesh.shape)
+  shard = ShardInfo(jax.process_index(), jax.process_count())
+  n_data = mesh_lib.data_axis_size(mesh)
+  for field in ("batch_size", "eval_batch_size"):
+    size = config.train[field]
+    if size % n_data:
+      raise config_lib.ConfigError(f"config field train.{field}={size}: must be a multiple of "
+                                   f"the {n_data} devices of the mesh's data axis")
+  say(f"seqtrain: {jax.device_count()} {jax.devices()[0].platform} device(s), "
+      f"{jax.process_count()} process(es), mesh {dict(mesh.shape)}; workdir {workdir}")
+
+  # --- input pipeline -----------------------------------------------------------------------
+  bundle = data_lib.build_data(config, workdir)
+  say(f"data: {bundle.description}")
+  if primary:
+    config_lib.write_json_atomic(workdir / "data.json", json.dumps(bundle.info(), indent=2))
+
+  # --- model, optimizer, state --------------------------------------------------------------
+  model = steps_lib.build_model(config, len(bundle.class_names))
+  tx, lr_schedule = steps_lib.build_optimizer(config)
+  replicated = mesh_lib.replicated(mesh)
+  init = lambda: steps_lib.init_state(model, tx, config, 8, bundle.num_channels)
+  abstract = jax.eval_shape(init)
+  state_sharding = jax.tree.map(lambda _: replicated, abstract)
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+  say(f"model: {config.model.depth} x {config.model.cell.upper()}-{config.model.width}, "
+      f"{n_params:,} parameters, solver {config.model.solver.method}")
+
+  checkpoints = Checkpoints(workdir, keep=config.train.keep_checkpoints)
+  latest = checkpoints.latest_step()
+  best_accuracy = -1.0
+  data_state = None
+  if latest is not None:
+    state, meta = checkpoints.restore(abstract_like(abstract, state_sharding))
+    data_state = meta.get("data_state")
+    best_accuracy = float(meta.get("best_accuracy", -1.0))
+    say(f"resumed from {checkpoints.dirs['latest'] / str(latest)} (step {latest})")
+  else:
+    state = jax.jit(init, out_shardings=state_sharding)()
+  start_step = int(jax.device_get(state.step))
+
+  # --- compiled steps -----------------------------------------------------------------------
+  train_step = jax.jit(steps_lib.make_train_step(model, tx, mesh, lr_schedule),
+                       in_shardings=(state_sharding, mesh_lib.data_sharding(mesh)),
+                       out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+  eval_fn = jax.jit(steps_lib.make_eval_step(model, mesh, len(bundle.class_names)),
+                    in_shardings=(state_sharding.params, mesh_lib.data_sharding(mesh)),
+                    out_shardings=replicated)
+  compiled: dict[Any, Any] = {}
+
+  def run_step(state, batch):
+    key = tuple((k, v.shape) for k, v in batch.items())
+    if key not in compiled:
+      t0 = time.perf_counter()
+      compiled[key] = train_step.lower(state, batch).compile()
+      if len(compiled) == 1:
+        mem = compiled[key].memory_analysis()
+        detail = ""
+        if mem is not None:
+          detail = (f", temp {mem.temp_size_in_bytes / 2**20:.1f} MiB, arguments "
+                    f"{mem.argument_size_in_bytes / 2**20:.1f} MiB")
+        say(f"compiled train step for batch {batch['inputs'].shape} in "
+            f"{time.perf_counter() - t0:.1f} s{detail}")
+    return compiled[key](state, batch)
+
+  # --- loop ---------------------------------------------------------------------------------
+  writers = MetricWriters(workdir, active=primary)
+  train_iter = data_lib.train_iterator(bundle, config, shard)
+  if data_state is not None:
+    train_iter.set_state(data_state)
+  total = config.train.steps
+  pending = None   # (step, device metrics) fetched after the next step is dispatched
+  history = []
+  last_eval: dict = {}
+  steps_run = 0
+
+  def report(step, device_metrics):
+    m = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+    history.append(m)
+    if is_time(step, config.train.log_every, total):
+      window = history[-config.train.log_every:]
+      mean = {k: float(np.mean([h[k] for h in window])) for k in ("loss", "accuracy")}
+      writers.write(step, "train", {**mean, "grad_norm": m["grad_norm"],
+                                    "learning_rate": m["learning_rate"],
+                                    "steps_per_second": progress.rate(step),
+                                    "skipped": sum(h["skipped"] for h in window),
+                                    **{k: v for k, v in m.items() if "/" in k}})
+      say(progress.line(step, {"loss": mean["loss"], "acc": mean["accuracy"],
+                               **_solver_summary(m), "lr": m["learning_rate"]}))
+
+  def checkpoint(step, which="latest"):
+    meta = {"step": step, "data_state": train_iter.get_state(), "best_accuracy": best_accuracy,
+            "validation": {k: last_eval.get(k) for k in ("accuracy", "loss", "balanced_accuracy")},
+            "config": json.loads(config_lib.config_to_json(config))}
+    checkpoints.save(step, state, meta, which)
+
+  step = start_step
+  if step >= total:
+    say(f"already trained: step {step} of {total}")
+  t_loop = time.perf_counter()
+  try:
+    while step < total and (stop_after is None or steps_run < stop_after):
+      batch = mesh_lib.host_to_global(next(train_iter), mesh)
+      state, metrics = run_step(state, batch)
+      if step == start_step:
+        progress.reset_clock(step)
+      step += 1
+      steps_run += 1
+      if pending is not None:
+        report(*pending)
+      pending = (step, metrics)
+      bad = int(jax.device_get(state.bad_steps)) if history and history[-1]["skipped"] else 0
+      if bad >= config.train.max_bad_steps:
+        raise TrainingError(f"{bad} non-finite updates in a row at step {step}; stopping with "
+                            f"the last good checkpoint in {checkpoints.dirs['latest']}")
+      if is_time(step, config.train.eval_every, total):
+        report(*pending)
+        pending = None
+        last_eval = evaluate_split(eval_fn, state.params, bundle.validation, bundle, config, mesh,
+                                   shard)
+        improved = last_eval["accuracy"] > best_accuracy
+        best_accuracy = max(best_accuracy, last_eval["accuracy"])
+        writers.write(step, "validation", {"accuracy": last_eval["accuracy"],
+                                           "loss": last_eval["loss"],
+                                           "balanced_accuracy": last_eval["balanced_accuracy"],
+                                           "best_accuracy": best_accuracy})
+        say(f"validation at step {step}: accuracy {last_eval['accuracy']:.4f} "
+            f"(best {best_accuracy:.4f}), loss {last_eval['loss']:.4f}, "
+            f"{last_eval['count']} examples")
+        if improved:
+          checkpoint(step, "best")
+      if is_time(step, config.train.checkpoint_every, total):
+        checkpoint(step)
+    if pending is not None:
+      report(*pending)
+  finally:
+    checkpoints.wait()
+    writers.flush()
+  loop_time = time.perf_counter() - t_loop
+
+  # --- final evaluation ---------------------------------------------------------------------
+  result = {"step": step, "best_validation_accuracy": best_accuracy,
+            "train_seconds": loop_time}
+  if step >= total:
+    checkpoint(step)
+    checkpoints.wait()
+    for split in ("validation", "test"):
+      source = bundle.validation if split == "validation" else bundle.test
+      if source is None:
+        continue
+      m = evaluate_split(eval_fn, state.params, source, bundle, config, mesh, shard)
+      result[split] = m
+      writers.write(step, f"final_{split}", {"accuracy": m["accuracy"], "loss": m["loss"],
+                                             "balanced_accuracy": m["balanced_accuracy"]})
+      say(f"final {split}: accuracy {m['accuracy']:.4f}, balanced accuracy "
+          f"{m['balanced_accuracy']:.4f}, loss {m['loss']:.4f} ({m['count']} examples)")
+    if primary:
+      config_lib.write_json_atomic(workdir / "final_metrics.json",
+                                   json.dumps(result, indent=2, default=float))
+  writers.close()
+  checkpoints.close()
+  result["state"] = state
+  return result
