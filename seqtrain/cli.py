@@ -1,14 +1,18 @@
 """seqtrain command line.
 
-    seqtrain demo [--T 10000] [--D 32] [--batch 4] [--dtype float32]
+    seqtrain train --config configs/basic_motions.py --workdir runs/bm [--config.field=value ...]
+    seqtrain eval  --workdir runs/bm [--split test] [--checkpoint best|latest|STEP] [--data NAME|FILE]
+    seqtrain plot  --workdir runs/bm
+    seqtrain data  list | download NAME | prepare NAME | inspect NAME_OR_FILE
+    seqtrain demo  [--T 10000] [--D 32] [--batch 4] [--dtype float32]
 
-``train``, ``eval``, ``data`` and ``bench`` arrive with the training framework;
-``demo`` runs every solver on an untrained GRU and reports iterations, error
-against jax.lax.scan and wall-clock time.
+Errors a user can cause (a bad config field, a malformed data file, a workdir
+holding another run) print one line naming the field, file or value and exit 2.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -66,9 +70,109 @@ def _demo(args) -> int:
   return 0
 
 
+def _quiet_logs():
+  import logging
+  import os
+  import warnings
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  for name in ("absl", "orbax", "jax._src.xla_bridge"):
+    logging.getLogger(name).setLevel(logging.WARNING)
+  warnings.filterwarnings("ignore", message=".*Sharding info not provided.*")
+  try:
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.WARNING)
+  except ImportError:  # pragma: no cover
+    pass
+
+
+def _distributed(args):
+  from seqtrain.parallel.distributed import DistributedArgs, initialize
+  initialize(DistributedArgs(args.coordinator, args.num_processes, args.process_id,
+                             args.distributed, args.cpu_devices))
+
+
+def _add_distributed_flags(p):
+  g = p.add_argument_group("multi-process (see launch/README.md)")
+  g.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
+  g.add_argument("--num-processes", type=int, default=None)
+  g.add_argument("--process-id", type=int, default=None)
+  g.add_argument("--distributed", default=None, choices=["auto", "none"],
+                 help="auto: JAX's cluster auto-detection (SLURM, Cloud TPU, Kubernetes)")
+  g.add_argument("--cpu-devices", type=int, default=None,
+                 help="split a CPU host into this many devices (testing)")
+
+
+def _train(args) -> int:
+  from seqtrain.train import config as config_lib
+  config = config_lib.load_config(args.config, args.overrides)
+  _distributed(args)
+  from seqtrain.train.trainer import train_and_evaluate
+  result = train_and_evaluate(config, args.workdir, allow_config_change=args.allow_config_change)
+  if result.get("preempted"):
+    print(f"stopped by a termination signal at step {result['step']}, checkpoint saved; run the "
+          f"same command to resume", flush=True)
+    return 0
+  test = result.get("test") or result.get("validation")
+  if test:
+    print(f"done: {args.workdir}; {'test' if 'test' in result else 'validation'} accuracy "
+          f"{test['accuracy']:.4f}; `seqtrain eval --workdir {args.workdir}` for the full report, "
+          f"`seqtrain plot --workdir {args.workdir}` for curves")
+  return 0
+
+
+def _eval(args) -> int:
+  _distributed(args)
+  from seqtrain.train.evaluate import evaluate_workdir
+  evaluate_workdir(args.workdir, split=args.split, checkpoint=args.checkpoint, data=args.data,
+                   data_dir=args.data_dir)
+  return 0
+
+
+def _plot(args) -> int:
+  from seqtrain.train.plots import plot_run
+  print(f"wrote {plot_run(args.workdir, args.out)}")
+  return 0
+
+
+def _user_errors():
+  from seqtrain.data.ts import DataFormatError
+  from seqtrain.train.config import ConfigError
+  from seqtrain.train.evaluate import EvalError
+  from seqtrain.train.trainer import ResumeError, TrainingError
+  return (ConfigError, DataFormatError, EvalError, ResumeError, TrainingError, FileNotFoundError,
+          PermissionError, ValueError)
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="seqtrain", description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
+
+  train = sub.add_parser("train", help="train (or resume) a classifier in a workdir",
+                         description="Train a classifier; running again on the same workdir "
+                         "resumes from its latest checkpoint.")
+  train.add_argument("--config", required=True,
+                     help="config file, optionally with a variant: configs/basic_motions.py:tiny")
+  train.add_argument("--workdir", required=True, help="where checkpoints, metrics and logs go")
+  train.add_argument("--allow-config-change", action="store_true",
+                     help="resume (fine-tune) even if the model or dataset fields changed")
+  _add_distributed_flags(train)
+
+  ev = sub.add_parser("eval", help="evaluate a trained workdir")
+  ev.add_argument("--workdir", required=True)
+  ev.add_argument("--split", default="test", choices=["train", "validation", "test"])
+  ev.add_argument("--checkpoint", default="best", help="best, latest or a step number")
+  ev.add_argument("--data", default=None,
+                  help="evaluate on another archive dataset (by name) or a .ts/.npz file")
+  ev.add_argument("--data-dir", default=None, help="extra folder to look for --data in")
+  _add_distributed_flags(ev)
+
+  plot = sub.add_parser("plot", help="PNG of the loss/accuracy/validation/solver curves")
+  plot.add_argument("--workdir", required=True)
+  plot.add_argument("--out", default=None, help="output PNG (default <workdir>/curves.png)")
+
+  from seqtrain.data.commands import add_data_commands, run_data
+  add_data_commands(sub)
+
   demo = sub.add_parser("demo", help="run every solver on an untrained GRU against lax.scan")
   demo.add_argument("--T", type=int, default=10_000)
   demo.add_argument("--D", type=int, default=32)
@@ -76,13 +180,31 @@ def main(argv=None) -> int:
   demo.add_argument("--dtype", choices=["float32", "float64"], default="float32")
   demo.add_argument("--repeats", type=int, default=3)
   demo.add_argument("--seed", type=int, default=0)
-  args = parser.parse_args(argv)
+
+  args, unknown = parser.parse_known_args(argv)
+  if args.command == "train":
+    bad = [u for u in unknown if not u.startswith("--config.")]
+    if bad:
+      parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    args.overrides = unknown
+  elif unknown:
+    parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+  if args.command == "data":
+    return run_data(args)
   if args.command == "demo":
-    for name in ("T", "D", "batch", "repeats"):
-      if getattr(args, name) < 1:
-        parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     return _demo(args)
-  return 2
+  _quiet_logs()
+  commands = {"train": _train, "eval": _eval, "plot": _plot}
+  try:
+    return commands[args.command](args)
+  except _user_errors() as e:
+    if os.environ.get("SEQTRAIN_DEBUG"):
+      raise
+    print(f"seqtrain {args.command}: error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print(f"seqtrain {args.command}: interrupted", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

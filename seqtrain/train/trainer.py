@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,35 @@ class TrainingError(RuntimeError):
 
 class ResumeError(RuntimeError):
   """The workdir holds a run that this config cannot resume."""
+
+
+class _Preemption:
+  """SIGTERM -> stop at the same step on every process.
+
+  Multi-process: JAX's preemption sync manager (started by jax.distributed) catches
+  SIGTERM on any host and picks one step at which ``reached_preemption_sync_point``
+  turns true everywhere. Single process: a SIGTERM handler sets a flag.
+  """
+
+  def __init__(self):
+    self.flag = False
+    self._old = None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._old = signal.signal(signal.SIGTERM, self._handler)
+
+  def _handler(self, signum, frame):
+    self.flag = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      return bool(multihost_utils.reached_preemption_sync_point(step))
+    return self.flag
+
+  def close(self):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+      self._old = None
 
 
 def is_time(step: int, every: int, total: int) -> bool:
@@ -150,12 +181,13 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
 
   checkpoints = Checkpoints(workdir, keep=config.train.keep_checkpoints)
   latest = checkpoints.latest_step()
-  best_accuracy = -1.0
+  best_accuracy, best_loss = -1.0, float("inf")
   data_state = None
   if latest is not None:
     state, meta = checkpoints.restore(abstract_like(abstract, state_sharding))
     data_state = meta.get("data_state")
     best_accuracy = float(meta.get("best_accuracy", -1.0))
+    best_loss = float(meta.get("best_loss", float("inf")))
     say(f"resumed from {checkpoints.dirs['latest'] / str(latest)} (step {latest})")
   else:
     state = jax.jit(init, out_shardings=state_sharding)()
@@ -212,6 +244,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
 
   def checkpoint(step, which="latest"):
     meta = {"step": step, "data_state": train_iter.get_state(), "best_accuracy": best_accuracy,
+            "best_loss": best_loss,
             "validation": {k: last_eval.get(k) for k in ("accuracy", "loss", "balanced_accuracy")},
             "config": json.loads(config_lib.config_to_json(config))}
     checkpoints.save(step, state, meta, which)
@@ -220,6 +253,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
   if step >= total:
     say(f"already trained: step {step} of {total}")
   t_loop = time.perf_counter()
+  preemption = _Preemption()
+  preempted = False
   try:
     while step < total and (stop_after is None or steps_run < stop_after):
       batch = mesh_lib.host_to_global(next(train_iter), mesh)
@@ -240,8 +275,10 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
         pending = None
         last_eval = evaluate_split(eval_fn, state.params, bundle.validation, bundle, config, mesh,
                                    shard)
-        improved = last_eval["accuracy"] > best_accuracy
-        best_accuracy = max(best_accuracy, last_eval["accuracy"])
+        # best = highest validation accuracy, ties broken by lower validation loss
+        improved = (last_eval["accuracy"], -last_eval["loss"]) > (best_accuracy, -best_loss)
+        if improved:
+          best_accuracy, best_loss = last_eval["accuracy"], last_eval["loss"]
         writers.write(step, "validation", {"accuracy": last_eval["accuracy"],
                                            "loss": last_eval["loss"],
                                            "balanced_accuracy": last_eval["balanced_accuracy"],
@@ -253,16 +290,23 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
           checkpoint(step, "best")
       if is_time(step, config.train.checkpoint_every, total):
         checkpoint(step)
+      if preemption.reached(step):
+        say(f"termination signal: saving a checkpoint at step {step} and stopping")
+        checkpoint(step)
+        preempted = True
+        break
     if pending is not None:
       report(*pending)
   finally:
+    preemption.close()
     checkpoints.wait()
     writers.flush()
   loop_time = time.perf_counter() - t_loop
 
   # --- final evaluation ---------------------------------------------------------------------
   result = {"step": step, "best_validation_accuracy": best_accuracy,
-            "train_seconds": loop_time}
+            "train_seconds": loop_time, "preempted": preempted,
+            "steps_per_second": steps_run / loop_time if loop_time > 0 else float("nan")}
   if step >= total:
     checkpoint(step)
     checkpoints.wait()

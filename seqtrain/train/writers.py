@@ -93,7 +93,7 @@ class Progress:
   """One console line per logging step: steps/s, ETA, and the given metrics."""
 
   def __init__(self, total_steps: int, start_step: int = 0, active: bool = True,
-               stream: TextIO = sys.stdout):
+               stream: TextIO | None = None):
     self.total = total_steps
     self.active = active
     self.stream = stream
@@ -119,4 +119,4 @@ class Progress:
 
   def print(self, text: str):
     if self.active:
-      print(text, file=self.stream, flush=True)
+      print(text, file=self.stream or sys.stdout, flush=True)

@@ -1,0 +1,147 @@
+"""The training framework end to end on bundled data: train, resume, evaluate, plot."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from seqtrain import cli
+from seqtrain.train import config as config_lib
+from seqtrain.train.evaluate import evaluate_workdir
+from seqtrain.train.trainer import ResumeError, train_and_evaluate
+from seqtrain.train.writers import read_metrics
+
+TINY = ["model.width=8", "model.depth=1", "model.mlp_ratio=1", "train.batch_size=8",
+        "train.eval_batch_size=40", "train.log_every=1", "train.eval_every=10",
+        "train.checkpoint_every=10", "train.warmup_steps=0", "train.learning_rate=0.01"]
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+  """The README quick-start job: configs/basic_motions.py as shipped."""
+  workdir = tmp_path_factory.mktemp("bm")
+  config = config_lib.load_config("configs/basic_motions.py")
+  result = train_and_evaluate(config, workdir)
+  return workdir, result
+
+
+def test_quickstart_reaches_target_accuracy(quickstart, capsys):
+  workdir, result = quickstart
+  assert result["test"]["accuracy"] >= 0.95
+  assert result["test"]["count"] == 40  # every test example counted once
+  for name in ("config.json", "data.json", "metrics.jsonl", "final_metrics.json"):
+    assert (workdir / name).exists(), name
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  kinds = {r["kind"] for r in read_metrics(workdir)}
+  assert {"train", "validation", "final_test"} <= kinds
+  train = [r for r in read_metrics(workdir) if r["kind"] == "train"]
+  assert all(r["block_0/rnn/iterations"] >= 1 for r in train)  # solver statistics per layer
+
+
+def test_eval_writes_reports_and_refuses_other_shapes(quickstart, capsys):
+  workdir, _ = quickstart
+  metrics = evaluate_workdir(workdir, split="test", checkpoint="latest")
+  report = json.loads((workdir / "eval" / "test-latest.json").read_text())
+  assert report["accuracy"] == metrics["accuracy"] >= 0.95
+  assert set(report["per_class"]) == {"Standing", "Running", "Walking", "Badminton"}
+  assert np.sum(report["confusion_matrix"]) == 40
+  assert (workdir / "eval" / "test-latest.png").stat().st_size > 1000
+  assert cli.main(["eval", "--workdir", str(workdir), "--data", "JapaneseVowels"]) == 2
+  err = capsys.readouterr().err
+  assert "12 channels; the model was trained on 6" in err
+  assert cli.main(["eval", "--workdir", str(workdir), "--checkpoint", "7"]) == 2
+  assert "no checkpoint of step 7" in capsys.readouterr().err
+
+
+def test_plot(quickstart):
+  workdir, _ = quickstart
+  assert cli.main(["plot", "--workdir", str(workdir)]) == 0
+  assert (workdir / "curves.png").stat().st_size > 10_000
+
+
+def test_rerun_on_finished_workdir_resumes(quickstart, capsys):
+  workdir, result = quickstart
+  config = config_lib.load_config("configs/basic_motions.py")
+  again = train_and_evaluate(config, workdir)
+  assert "already trained" in capsys.readouterr().out
+  assert again["test"]["accuracy"] == result["test"]["accuracy"]
+  other = config_lib.load_config("configs/basic_motions.py", ["model.width=16"])
+  with pytest.raises(ResumeError, match=r"model.width: 32 -> 16"):
+    train_and_evaluate(other, workdir)
+
+
+def _params(result):
+  return jax.tree.leaves(jax.device_get(result["state"].params))
+
+
+def test_interrupted_run_resumes_to_the_same_parameters(tmp_path):
+  config = config_lib.load_config("configs/basic_motions.py", TINY + ["train.steps=30"])
+  full = train_and_evaluate(config, tmp_path / "full")
+  part = train_and_evaluate(config, tmp_path / "cut", stop_after=17)  # dies after step 17
+  assert part["step"] == 17
+  resumed = train_and_evaluate(config, tmp_path / "cut")          # restarts from step 10
+  assert resumed["step"] == 30
+  for a, b in zip(_params(full), _params(resumed)):
+    np.testing.assert_array_equal(a, b)
+  steps = [r["step"] for r in read_metrics(tmp_path / "cut") if r["kind"] == "train"]
+  assert steps == list(range(1, 31))
+
+
+def test_solver_method_changes_speed_not_results(tmp_path):
+  results = {}
+  for method in ("sequential", "deer", "quasi_deer", "elk", "quasi_elk"):
+    config = config_lib.load_config("configs/basic_motions.py",
+                                    TINY + ["train.steps=40", f"model.solver.method={method}"])
+    result = train_and_evaluate(config, tmp_path / method)
+    first = [r for r in read_metrics(tmp_path / method) if r["kind"] == "train"][0]
+    results[method] = (first["loss"], result["test"]["accuracy"])
+  losses = np.array([v[0] for v in results.values()])
+  accuracies = np.array([v[1] for v in results.values()])
+  np.testing.assert_allclose(losses, losses[0], rtol=1e-4)
+  assert accuracies.min() >= 0.85 and np.ptp(accuracies) <= 0.1, results
+
+
+def test_config_errors():
+  with pytest.raises(config_lib.ConfigError, match="did you mean train.learning_rate"):
+    config_lib.load_config("configs/basic_motions.py", ["train.learning_rat=1"])
+  with pytest.raises(config_lib.ConfigError, match="expected a int"):
+    config_lib.load_config("configs/basic_motions.py", ["train.steps=ten"])
+  with pytest.raises(config_lib.ConfigError, match="model.solver.method='newton'"):
+    config_lib.load_config("configs/basic_motions.py", ["model.solver.method=newton"])
+  with pytest.raises(config_lib.ConfigError, match="train.batch_size=0: must be >= 1"):
+    config_lib.load_config("configs/basic_motions.py", ["train.batch_size=0"])
+  with pytest.raises(config_lib.ConfigError, match="not found"):
+    config_lib.load_config("configs/nope.py")
+  with pytest.raises(ValueError, match="unknown variant 'fast'"):
+    config_lib.load_config("configs/basic_motions.py:fast")
+  config = config_lib.load_config("configs/basic_motions.py:tiny", ["data.bucket_boundaries=50,100"])
+  assert config.train.steps == 20 and config.data.bucket_boundaries == (50, 100)
+  with pytest.raises(AttributeError):
+    config.train.new_field = 1  # locked
+  back = config_lib.config_from_json(config_lib.config_to_json(config))
+  assert config_lib.config_diff(back.to_dict(), config.to_dict()) == []
+
+
+@pytest.mark.parametrize("name", ["basic_motions", "japanese_vowels", "synthetic_long", "eigenworms",
+                                  "files"])
+def test_shipped_configs_load(name):
+  overrides = ["data.train_file=x.ts"] if name == "files" else []
+  config = config_lib.load_config(f"configs/{name}.py", overrides)
+  assert config.train.steps > 0
+
+
+def test_tfds_format_feeds_the_same_batches(tmp_path):
+  from seqtrain.data.pipeline import ShardInfo
+  from seqtrain.train import data as data_lib
+  batches = {}
+  for fmt in ("memory", "tfds"):
+    config = config_lib.load_config("configs/japanese_vowels.py",
+                                    [f"data.format={fmt}", f"data.tfds_dir={tmp_path}"])
+    bundle = data_lib.build_data(config, tmp_path)
+    it = data_lib.train_iterator(bundle, config, ShardInfo())
+    batches[fmt] = [next(it) for _ in range(3)]
+    assert (len(bundle.train), len(bundle.validation), len(bundle.test)) == (234, 36, 370)
+  assert list((tmp_path / "uea_archive").rglob("*.array_record*"))
+  for a, b in zip(batches["memory"], batches["tfds"]):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
