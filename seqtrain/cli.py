@@ -113,7 +113,8 @@ def _train(args) -> int:
           f"same command to resume", flush=True)
     return 0
   test = result.get("test") or result.get("validation")
-  if test:
+  import jax
+  if test and jax.process_index() == 0:
     print(f"done: {args.workdir}; {'test' if 'test' in result else 'validation'} accuracy "
           f"{test['accuracy']:.4f}; `seqtrain eval --workdir {args.workdir}` for the full report, "
           f"`seqtrain plot --workdir {args.workdir}` for curves")
@@ -138,9 +139,10 @@ def _user_errors():
   from seqtrain.data.ts import DataFormatError
   from seqtrain.train.config import ConfigError
   from seqtrain.train.evaluate import EvalError
+  from seqtrain.train.checkpoint import CheckpointError
   from seqtrain.train.trainer import ResumeError, TrainingError
-  return (ConfigError, DataFormatError, EvalError, ResumeError, TrainingError, FileNotFoundError,
-          PermissionError, ValueError)
+  return (ConfigError, DataFormatError, EvalError, ResumeError, TrainingError, CheckpointError,
+          OSError, ValueError)
 
 
 def main(argv=None) -> int:

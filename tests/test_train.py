@@ -104,7 +104,7 @@ def test_solver_method_changes_speed_not_results(tmp_path):
 def test_config_errors():
   with pytest.raises(config_lib.ConfigError, match="did you mean train.learning_rate"):
     config_lib.load_config("configs/basic_motions.py", ["train.learning_rat=1"])
-  with pytest.raises(config_lib.ConfigError, match="expected a int"):
+  with pytest.raises(config_lib.ConfigError, match="expected an int"):
     config_lib.load_config("configs/basic_motions.py", ["train.steps=ten"])
   with pytest.raises(config_lib.ConfigError, match="model.solver.method='newton'"):
     config_lib.load_config("configs/basic_motions.py", ["model.solver.method=newton"])

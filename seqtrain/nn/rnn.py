@@ -105,6 +105,7 @@ class ParallelRNN(nn.Module):
       self.sow(self.stats_collection, "residual", jnp.max(info.residual))
       self.sow(self.stats_collection, "fallbacks", jnp.sum(info.fallback.astype(jnp.int32)))
       self.sow(self.stats_collection, "converged", jnp.all(info.converged))
+      self.sow(self.stats_collection, "resets", jnp.sum(info.resets.astype(jnp.int32)))
 
     if fns.output is not None:
       ys = fns.output(carries)

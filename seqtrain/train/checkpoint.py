@@ -17,15 +17,26 @@ process killed during a save leaves the previous checkpoints intact.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
 
-__all__ = ["Checkpoints", "abstract_like"]
+__all__ = ["Checkpoints", "CheckpointError", "abstract_like"]
 
 log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+  """Checkpoints exist but cannot be used, or cannot be written."""
+
+
+def _sync(name: str):
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:
@@ -39,9 +50,14 @@ class Checkpoints:
     workdir = Path(workdir).absolute()
     self.dirs = {"latest": workdir / "checkpoints", "best": workdir / "best"}
 
+    self.workdir = workdir
+
     def manager(path, max_to_keep):
+      # cleanup_tmp_directories: a save interrupted by a crash leaves an unfinished
+      # temporary directory; it is never listed as a step and is removed here.
       options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                             enable_async_checkpointing=async_save)
+                                             enable_async_checkpointing=async_save,
+                                             cleanup_tmp_directories=True)
       return ocp.CheckpointManager(path, options=options, item_names=("state", "meta"))
 
     self.managers = {"latest": manager(self.dirs["latest"], keep),
@@ -57,8 +73,20 @@ class Checkpoints:
     mngr = self.managers[which]
     if step in mngr.all_steps():
       return False
-    return mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                   meta=ocp.args.JsonSave(meta)), force=force)
+    try:
+      return mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                     meta=ocp.args.JsonSave(meta)), force=force)
+    except OSError as e:
+      raise CheckpointError(f"could not write the checkpoint of step {step} to {self.dirs[which]}: "
+                            f"{e.strerror or e} (earlier checkpoints are intact)") from e
+
+  def wait_checked(self):
+    """Waits for async saves; a failed background write becomes a CheckpointError."""
+    try:
+      self.wait()
+    except OSError as e:
+      raise CheckpointError(f"could not finish writing a checkpoint in {self.workdir}: "
+                            f"{e.strerror or e} (earlier checkpoints are intact)") from e
 
   def restore(self, abstract_state: Any, which: str = "latest", step: int | None = None):
     """(state, meta) of ``step`` (default: the newest) of ``which``."""
@@ -73,6 +101,40 @@ class Checkpoints:
     out = mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return out["state"], out["meta"]
+
+  def restore_newest_valid(self, abstract_state: Any, say: Callable[[str], None] = print):
+    """(state, meta) of the newest checkpoint that loads, or None if there is none.
+
+    A checkpoint that fails to load (truncated or missing files) is reported with its
+    step and path and moved to ``<workdir>/corrupt_checkpoints/`` (kept, not deleted);
+    the previous one is tried next. If checkpoints exist but none loads, this raises
+    instead of letting the run start from scratch.
+    """
+    mngr = self.managers["latest"]
+    steps = sorted(mngr.all_steps(), reverse=True)
+    for step in steps:
+      try:
+        return self.restore(abstract_state, "latest", step)
+      except Exception as e:  # orbax raises many types for damaged files
+        path = self.dirs["latest"] / str(step)
+        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        say(f"checkpoint of step {step} at {path} failed to load ({type(e).__name__}: {reason}); "
+            f"moving it to {self.workdir / 'corrupt_checkpoints'} and trying the previous one")
+        self._quarantine(step)
+    if steps:
+      raise CheckpointError(f"none of the checkpoints in {self.dirs['latest']} (steps {steps}) "
+                            "loads; refusing to start from scratch over them. Move the workdir "
+                            "away to start a new run.")
+    return None
+
+  def _quarantine(self, step: int):
+    src = self.dirs["latest"] / str(step)
+    if jax.process_index() == 0 and src.exists():
+      dst_dir = self.workdir / "corrupt_checkpoints"
+      dst_dir.mkdir(exist_ok=True)
+      src.rename(dst_dir / f"{step}-{int(time.time())}")
+    _sync(f"seqtrain_quarantine_{step}")
+    self.managers["latest"].reload()
 
   def read_meta(self, which: str = "latest", step: int | None = None) -> dict | None:
     mngr = self.managers[which]

@@ -122,6 +122,10 @@ def resolve_config_path(spec: str) -> tuple[Path, str | None]:
   return p, (arg or None)
 
 
+def _a(type_name: str) -> str:
+  return f"{'an' if type_name[0] in 'aeiou' else 'a'} {type_name}"
+
+
 def _parse_value(field: str, text: str, current: Any):
   if isinstance(current, bool):
     if text.lower() in ("true", "1", "yes"):
@@ -133,12 +137,12 @@ def _parse_value(field: str, text: str, current: Any):
     try:
       value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
-      raise ConfigError(f"--config.{field}={text}: expected a {type(current).__name__}") from None
+      raise ConfigError(f"--config.{field}={text}: expected {_a(type(current).__name__)}") from None
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
       value = float(value)
     if type(value) is not type(current):
-      raise ConfigError(f"--config.{field}={text}: expected a {type(current).__name__}, got "
-                        f"{type(value).__name__}")
+      raise ConfigError(f"--config.{field}={text}: expected {_a(type(current).__name__)}, got "
+                        f"{_a(type(value).__name__)}")
     return value
   if isinstance(current, (tuple, list)):
     try:

@@ -87,7 +87,7 @@ def _flat_stats(mutable: dict) -> dict:
 def _reduce_stats(stats: dict, axis: str) -> dict:
   out = {}
   for k, v in stats.items():
-    if k.endswith("fallbacks"):
+    if k.endswith("fallbacks") or k.endswith("resets"):
       out[k] = jax.lax.psum(v.astype(jnp.int32), axis)
     elif k.endswith("converged"):
       out[k] = jax.lax.pmin(v.astype(jnp.int32), axis)
@@ -131,7 +131,7 @@ def make_train_step(model, tx, mesh, lr_schedule: Callable) -> Callable:
                               opt_state=keep(opt_state, state.opt_state),
                               bad_steps=jnp.where(ok, 0, state.bad_steps + 1))
     metrics.update(grad_norm=grad_norm, learning_rate=lr_schedule(state.step),
-                   skipped=(~ok).astype(jnp.int32))
+                   skipped=(~ok).astype(jnp.int32), bad_steps=new_state.bad_steps)
     return new_state, metrics
 
   return step

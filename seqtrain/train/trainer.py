@@ -78,10 +78,16 @@ def is_time(step: int, every: int, total: int) -> bool:
   return step == total or (every > 0 and step % every == 0)
 
 
-def _check_resume(workdir: Path, config, allow_changes: bool):
+def _check_resume(workdir: Path, config, allow_changes: bool) -> str:
+  """Refuses to resume a run whose checkpoints belong to another model or dataset.
+
+  Reads only; returns the config JSON that the caller writes once the run has
+  started (so a run that fails on bad input leaves no config behind).
+  """
   path = workdir / "config.json"
   text = config_lib.config_to_json(config)
-  if path.exists():
+  has_checkpoints = any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*"))
+  if path.exists() and has_checkpoints:
     try:
       old = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -98,8 +104,7 @@ def _check_resume(workdir: Path, config, allow_changes: bool):
       if jax.process_index() == 0:
         config_lib.write_json_atomic(workdir / f"config.{int(time.time())}.previous.json",
                                      json.dumps(old, indent=2, sort_keys=True))
-  if jax.process_index() == 0:
-    config_lib.write_json_atomic(path, text)
+  return text
 
 
 def evaluate_split(eval_fn, params, source, bundle, config, mesh, shard) -> dict:
@@ -114,8 +119,8 @@ def evaluate_split(eval_fn, params, source, bundle, config, mesh, shard) -> dict
     loss_sum += float(out["loss_sum"])
     for k, v in out.items():
       if k not in ("confusion", "loss_sum"):
-        stats[k] = max(stats.get(k, 0.0), float(v)) if not k.endswith("fallbacks") else \
-            stats.get(k, 0.0) + float(v)
+        stats[k] = max(stats.get(k, 0.0), float(v)) if not k.endswith(("fallbacks", "resets")) \
+            else stats.get(k, 0.0) + float(v)
   metrics = steps_lib.confusion_metrics(confusion, bundle.class_names)
   metrics["loss"] = loss_sum / max(metrics["count"], 1)
   metrics["solver"] = stats
@@ -125,11 +130,14 @@ def evaluate_split(eval_fn, params, source, bundle, config, mesh, shard) -> dict
 def _solver_summary(metrics: dict) -> dict:
   iters = [float(v) for k, v in metrics.items() if k.endswith("/iterations")]
   fallbacks = [float(v) for k, v in metrics.items() if k.endswith("/fallbacks")]
+  resets = [float(v) for k, v in metrics.items() if k.endswith("/resets")]
   out = {}
   if iters:
     out["solver_iters"] = max(iters)
   if fallbacks:
     out["fallbacks"] = sum(fallbacks)
+  if resets and sum(resets):
+    out["resets"] = sum(resets)
   return out
 
 
@@ -143,10 +151,12 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
   # --- workdir, config, logging -------------------------------------------------------------
   workdir = Path(workdir).absolute()
   primary = jax.process_index() == 0
+  if workdir.exists() and not workdir.is_dir():
+    raise ResumeError(f"workdir {workdir} exists and is not a directory")
   workdir.mkdir(parents=True, exist_ok=True)
   if not os.access(workdir, os.W_OK):
     raise PermissionError(f"workdir {workdir} is not writable")
-  _check_resume(workdir, config, allow_config_change)
+  config_text = _check_resume(workdir, config, allow_config_change)
   progress = Progress(config.train.steps, active=primary)
   say = progress.print
 
@@ -180,11 +190,12 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
       f"{n_params:,} parameters, solver {config.model.solver.method}")
 
   checkpoints = Checkpoints(workdir, keep=config.train.keep_checkpoints)
-  latest = checkpoints.latest_step()
   best_accuracy, best_loss = -1.0, float("inf")
   data_state = None
-  if latest is not None:
-    state, meta = checkpoints.restore(abstract_like(abstract, state_sharding))
+  restored = checkpoints.restore_newest_valid(abstract_like(abstract, state_sharding), say)
+  if restored is not None:
+    state, meta = restored
+    latest = int(meta["step"])
     data_state = meta.get("data_state")
     best_accuracy = float(meta.get("best_accuracy", -1.0))
     best_loss = float(meta.get("best_loss", float("inf")))
@@ -218,6 +229,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
     return compiled[key](state, batch)
 
   # --- loop ---------------------------------------------------------------------------------
+  if primary:
+    config_lib.write_json_atomic(workdir / "config.json", config_text)
   writers = MetricWriters(workdir, active=primary)
   train_iter = data_lib.train_iterator(bundle, config, shard)
   if data_state is not None:
@@ -231,6 +244,11 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
   def report(step, device_metrics):
     m = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
     history.append(m)
+    if m["skipped"]:
+      log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", step,
+                  int(m["bad_steps"]))
+      say(f"step {step}: non-finite loss or gradient; update skipped ({int(m['bad_steps'])} "
+          "in a row)")
     if is_time(step, config.train.log_every, total):
       window = history[-config.train.log_every:]
       mean = {k: float(np.mean([h[k] for h in window])) for k in ("loss", "accuracy")}
@@ -266,10 +284,13 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
       if pending is not None:
         report(*pending)
       pending = (step, metrics)
-      bad = int(jax.device_get(state.bad_steps)) if history and history[-1]["skipped"] else 0
-      if bad >= config.train.max_bad_steps:
-        raise TrainingError(f"{bad} non-finite updates in a row at step {step}; stopping with "
-                            f"the last good checkpoint in {checkpoints.dirs['latest']}")
+      if history and history[-1]["bad_steps"] >= config.train.max_bad_steps:
+        raise TrainingError(
+            f"{int(history[-1]['bad_steps'])} non-finite losses or gradients in a row (updates "
+            f"skipped) up to step {step - 1}; stopping (train.max_bad_steps="
+            f"{config.train.max_bad_steps}). The last good checkpoint (step "
+            f"{checkpoints.latest_step()}) in {checkpoints.dirs['latest']} is intact; try a lower "
+            "train.learning_rate or check the data.")
       if is_time(step, config.train.eval_every, total):
         report(*pending)
         pending = None
@@ -297,10 +318,20 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
         break
     if pending is not None:
       report(*pending)
+  except jax.errors.JaxRuntimeError as e:
+    if "SolverError" not in str(e):
+      raise
+    message = str(e)[str(e).index("SolverError"):].splitlines()[0]
+    raise TrainingError(f"strict solver mode (model.solver.on_failure=raise) near step {step}: "
+                        f"{message}. Checkpoints up to step {checkpoints.latest_step()} are "
+                        "intact; the default on_failure=sequential falls back to lax.scan "
+                        "instead.") from None
   finally:
     preemption.close()
-    checkpoints.wait()
-    writers.flush()
+    try:
+      checkpoints.wait()
+    finally:
+      writers.flush()
   loop_time = time.perf_counter() - t_loop
 
   # --- final evaluation ---------------------------------------------------------------------
@@ -309,7 +340,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
             "steps_per_second": steps_run / loop_time if loop_time > 0 else float("nan")}
   if step >= total:
     checkpoint(step)
-    checkpoints.wait()
+    checkpoints.wait_checked()
     for split in ("validation", "test"):
       source = bundle.validation if split == "validation" else bundle.test
       if source is None:
