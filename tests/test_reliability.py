@@ -54,7 +54,7 @@ def test_sigkill_between_steps_and_inside_a_save(reference, tmp_path):
   metrics = workdir / "metrics.jsonl"
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None and not (
-      metrics.exists() and '"step": 7,' in metrics.read_text()):
+      (workdir / "checkpoints" / "5").is_dir() and '"step": 7,' in metrics.read_text()):
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
@@ -63,6 +63,8 @@ def test_sigkill_between_steps_and_inside_a_save(reference, tmp_path):
   code = run(train_cmd(workdir, *ARGS, wrapper=KILL_IN_SAVE), tmp_path / "2.log",
              KILL_AT_SAVE=10)
   assert code == -signal.SIGKILL, read_log(tmp_path / "2.log")
+  names = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+  assert "10" not in names and any(not n.isdigit() for n in names), names  # an unfinished save
   assert "(step 5)" in read_log(tmp_path / "2.log")
   # 3. restart again: resumes from the last complete checkpoint and finishes
   assert run(train_cmd(workdir, *ARGS), tmp_path / "3.log") == 0, read_log(tmp_path / "3.log")

@@ -52,16 +52,20 @@ class Checkpoints:
 
     self.workdir = workdir
 
-    def manager(path, max_to_keep):
+    def manager(path, max_to_keep, name):
       # cleanup_tmp_directories: a save interrupted by a crash leaves an unfinished
       # temporary directory; it is never listed as a step and is removed here.
       options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                              enable_async_checkpointing=async_save,
-                                             cleanup_tmp_directories=True)
+                                             cleanup_tmp_directories=True,
+                                             # two managers may save the same step: their
+                                             # multi-process barriers need distinct names
+                                             multiprocessing_options=ocp.options.MultiprocessingOptions(
+                                                 barrier_sync_key_prefix=name))
       return ocp.CheckpointManager(path, options=options, item_names=("state", "meta"))
 
-    self.managers = {"latest": manager(self.dirs["latest"], keep),
-                     "best": manager(self.dirs["best"], 1)}
+    self.managers = {"latest": manager(self.dirs["latest"], keep, "latest"),
+                     "best": manager(self.dirs["best"], 1, "best")}
 
   def steps(self, which: str = "latest") -> list[int]:
     return list(self.managers[which].all_steps())
