@@ -149,3 +149,26 @@ def test_no_pickle_anywhere():
     text = path.read_text()
     assert not re.search(r"^\s*(import|from)\s+(c?pickle|dill|cloudpickle)\b", text, re.M), path
     assert "allow_pickle=True" not in text, path
+
+
+def test_full_disk_at_checkpoint_time_fails_clearly_and_keeps_earlier(tmp_path, capsys,
+                                                                      monkeypatch):
+  import errno
+  import orbax.checkpoint as ocp
+  save = ocp.CheckpointManager.save
+
+  def full_disk(self, step, *args, **kwargs):
+    if step >= 10:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
+  argv = ["train", "--config", "configs/basic_motions.py"] + [f"--config.{o}" for o in TINY] + [
+      "--config.train.steps=15", "--config.train.checkpoint_every=5",
+      "--config.train.eval_every=100", "--workdir", str(tmp_path)]
+  assert cli.main(argv) == 2
+  err = capsys.readouterr().err
+  assert "could not write the checkpoint of step 10" in err and "No space left" in err, err
+  assert "earlier checkpoints are intact" in err
+  meta, params = final_params(tmp_path)
+  assert meta["step"] == 5 and all(np.isfinite(p).all() for p in params)
