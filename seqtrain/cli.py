@@ -4,6 +4,7 @@
     seqtrain eval  --workdir runs/bm [--split test] [--checkpoint best|latest|STEP] [--data NAME|FILE]
     seqtrain plot  --workdir runs/bm
     seqtrain data  list | download NAME | prepare NAME | inspect NAME_OR_FILE
+    seqtrain bench [--T 1000,10000] [--D 8,64] [--batch 16] [--methods ...] [--grad] [--out DIR]
     seqtrain demo  [--T 10000] [--D 32] [--batch 4] [--dtype float32]
 
 Errors a user can cause (a bad config field, a malformed data file, a workdir
@@ -174,6 +175,8 @@ def main(argv=None) -> int:
 
   from seqtrain.data.commands import add_data_commands, run_data
   add_data_commands(sub)
+  from seqtrain.bench import add_bench_command, run_bench
+  add_bench_command(sub)
 
   demo = sub.add_parser("demo", help="run every solver on an untrained GRU against lax.scan")
   demo.add_argument("--T", type=int, default=10_000)
@@ -195,6 +198,9 @@ def main(argv=None) -> int:
     return run_data(args)
   if args.command == "demo":
     return _demo(args)
+  if args.command == "bench":
+    _quiet_logs()
+    return run_bench(args, argv)
   _quiet_logs()
   commands = {"train": _train, "eval": _eval, "plot": _plot}
   try:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import traverse_util
+from jax.flatten_util import ravel_pytree
 from jax.sharding import PartitionSpec as P
 
 from seqtrain.models import SequenceClassifier
@@ -84,16 +85,32 @@ def _flat_stats(mutable: dict) -> dict:
   return {k: v[0] if isinstance(v, tuple) else v for k, v in flat.items()}
 
 
-def _reduce_stats(stats: dict, axis: str) -> dict:
-  out = {}
-  for k, v in stats.items():
-    if k.endswith("fallbacks") or k.endswith("resets"):
-      out[k] = jax.lax.psum(v.astype(jnp.int32), axis)
-    elif k.endswith("converged"):
-      out[k] = jax.lax.pmin(v.astype(jnp.int32), axis)
-    else:
-      out[k] = jax.lax.pmax(v.astype(jnp.float32), axis)
+def _is_sum(key: str) -> bool:
+  return key.endswith(("fallbacks", "resets"))
+
+
+def _reduce(sums: dict, maxes: dict, axis: str):
+  """psum of ``sums`` and pmax of ``maxes``, each packed into one buffer: two
+  collectives per step whatever the number of parameters and layers (on CPU each
+  collective is a separate gloo round trip)."""
+  flat, unravel = ravel_pytree(jax.tree.map(lambda v: v.astype(jnp.float32), sums))
+  out = unravel(jax.lax.psum(flat, axis))
+  if maxes:
+    flat, unravel = ravel_pytree(jax.tree.map(lambda v: v.astype(jnp.float32), maxes))
+    out.update(unravel(jax.lax.pmax(flat, axis)))
   return out
+
+
+def _split_stats(stats: dict):
+  """Solver statistics -> (summed, maxed); ``converged`` travels as max of "not converged"."""
+  sums = {k: v for k, v in stats.items() if _is_sum(k)}
+  maxes = {k: (~v.astype(bool)) if k.endswith("converged") else v
+           for k, v in stats.items() if not _is_sum(k)}
+  return sums, maxes
+
+
+def _fix_converged(metrics: dict) -> dict:
+  return {k: (1.0 - v if k.endswith("converged") else v) for k, v in metrics.items()}
 
 
 def make_train_step(model, tx, mesh, lr_schedule: Callable) -> Callable:
@@ -108,12 +125,15 @@ def make_train_step(model, tx, mesh, lr_schedule: Callable) -> Callable:
       return jnp.sum(ce * batch["mask"]), (logits, _flat_stats(mutable))
 
     (loss_sum, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    count = jax.lax.psum(jnp.sum(batch["mask"]), "data")
-    grads = jax.tree.map(lambda g: jax.lax.psum(g, "data") / count, grads)
     correct = jnp.sum((jnp.argmax(logits, -1) == batch["labels"]) * batch["mask"])
-    metrics = {"loss": jax.lax.psum(loss_sum, "data") / count,
-               "accuracy": jax.lax.psum(correct, "data") / count}
-    metrics.update(_reduce_stats(stats, "data"))
+    stat_sums, stat_maxes = _split_stats(stats)
+    totals = _reduce({"grads": grads, "loss": loss_sum, "correct": correct,
+                      "count": jnp.sum(batch["mask"]), "stats": stat_sums}, stat_maxes, "data")
+    count = totals["count"]
+    grads = jax.tree.map(lambda g, g0: (g / count).astype(g0.dtype), totals["grads"], grads)
+    metrics = {"loss": totals["loss"] / count, "accuracy": totals["correct"] / count}
+    metrics.update(_fix_converged({**totals["stats"],
+                                   **{k: totals[k] for k in stat_maxes}}))
     return grads, metrics
 
   grads_fn = jax.shard_map(per_shard, mesh=mesh, in_specs=(P(), P("data"), P()),
@@ -149,9 +169,11 @@ def make_eval_step(model, mesh, num_classes: int) -> Callable:
     pred = jnp.argmax(logits, -1)
     confusion = jnp.einsum("b,bi,bj->ij", w, jax.nn.one_hot(batch["labels"], num_classes),
                            jax.nn.one_hot(pred, num_classes))
-    out = {"loss_sum": jax.lax.psum(jnp.sum(ce * w), "data"),
-           "confusion": jax.lax.psum(confusion, "data")}
-    out.update(_reduce_stats(_flat_stats(mutable), "data"))
+    stat_sums, stat_maxes = _split_stats(_flat_stats(mutable))
+    totals = _reduce({"loss_sum": jnp.sum(ce * w), "confusion": confusion, "stats": stat_sums},
+                     stat_maxes, "data")
+    out = {"loss_sum": totals["loss_sum"], "confusion": totals["confusion"]}
+    out.update(_fix_converged({**totals["stats"], **{k: totals[k] for k in stat_maxes}}))
     return out
 
   return jax.shard_map(per_shard, mesh=mesh, in_specs=(P(), P("data")), out_specs=P(),
