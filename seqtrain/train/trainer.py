@@ -29,6 +29,7 @@ from seqtrain.train import config as config_lib
 from seqtrain.train import data as data_lib
 from seqtrain.train import steps as steps_lib
 from seqtrain.train.checkpoint import Checkpoints, abstract_like
+from seqtrain.train.metrics import EvalMetrics, TrainWindow, eval_batch_metrics
 from seqtrain.train.writers import MetricWriters, Progress
 
 __all__ = ["train_and_evaluate", "TrainingError", "evaluate_split", "ResumeError"]
@@ -108,21 +109,21 @@ def _check_resume(workdir: Path, config, allow_changes: bool) -> str:
 
 
 def evaluate_split(eval_fn, params, source, bundle, config, mesh, shard) -> dict:
-  """Exact metrics over every example of ``source`` (padding rows masked)."""
-  confusion = None
-  loss_sum = 0.0
+  """Exact metrics over every example of ``source`` (padding rows masked), accumulated
+  with clu.metrics."""
+  total: EvalMetrics | None = None
   stats: dict[str, float] = {}
   for batch in data_lib.eval_batches(source, bundle, config, shard):
-    out = eval_fn(params, mesh_lib.host_to_global(batch, mesh))
-    out = jax.device_get(out)
-    confusion = out["confusion"] if confusion is None else confusion + out["confusion"]
-    loss_sum += float(out["loss_sum"])
+    out = jax.device_get(eval_fn(params, mesh_lib.host_to_global(batch, mesh)))
+    batch_metrics = eval_batch_metrics(out)
+    total = batch_metrics if total is None else total.merge(batch_metrics)
     for k, v in out.items():
       if k not in ("confusion", "loss_sum"):
         stats[k] = max(stats.get(k, 0.0), float(v)) if not k.endswith(("fallbacks", "resets")) \
             else stats.get(k, 0.0) + float(v)
-  metrics = steps_lib.confusion_metrics(confusion, bundle.class_names)
-  metrics["loss"] = loss_sum / max(metrics["count"], 1)
+  values = total.compute()
+  metrics = steps_lib.confusion_metrics(values["confusion"], bundle.class_names)
+  metrics["loss"] = float(values["loss"])
   metrics["solver"] = stats
   return metrics
 
@@ -238,6 +239,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
   total = config.train.steps
   pending = None   # (step, device metrics) fetched after the next step is dispatched
   history = []
+  window_metrics = [None]  # clu TrainWindow since the last log line
   last_eval: dict = {}
   steps_run = 0
 
@@ -249,9 +251,14 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
                   int(m["bad_steps"]))
       say(f"step {step}: non-finite loss or gradient; update skipped ({int(m['bad_steps'])} "
           "in a row)")
+    step_metrics = TrainWindow.single_from_model_output(loss=np.float64(m["loss"]),
+                                                        accuracy=np.float64(m["accuracy"]))
+    window_metrics[0] = step_metrics if window_metrics[0] is None else \
+        window_metrics[0].merge(step_metrics)
     if is_time(step, config.train.log_every, total):
       window = history[-config.train.log_every:]
-      mean = {k: float(np.mean([h[k] for h in window])) for k in ("loss", "accuracy")}
+      mean = {k: float(v) for k, v in window_metrics[0].compute().items()}
+      window_metrics[0] = None
       writers.write(step, "train", {**mean, "grad_norm": m["grad_norm"],
                                     "learning_rate": m["learning_rate"],
                                     "steps_per_second": progress.rate(step),
