@@ -46,6 +46,11 @@ def test_eval_writes_reports_and_refuses_other_shapes(quickstart, capsys):
   assert set(report["per_class"]) == {"Standing", "Running", "Walking", "Badminton"}
   assert np.sum(report["confusion_matrix"]) == 40
   assert (workdir / "eval" / "test-latest.png").stat().st_size > 1000
+  # another file of the same shape
+  from seqtrain.data.sources import BUNDLED_DIR
+  other = evaluate_workdir(workdir, data=str(BUNDLED_DIR / "BasicMotions" / "BasicMotions_TEST.ts"))
+  assert other["count"] == 40 and other["accuracy"] >= 0.95
+  assert (workdir / "eval" / "BasicMotions_TEST-best.json").exists()
   assert cli.main(["eval", "--workdir", str(workdir), "--data", "JapaneseVowels"]) == 2
   err = capsys.readouterr().err
   assert "12 channels; the model was trained on 6" in err
