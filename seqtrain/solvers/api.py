@@ -208,7 +208,8 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "quasi_de
       lam = jnp.zeros((), z0_.dtype)
     else:
       z, st = elk_solve(lin, p, z0_, xs_, zinit, lam_init=lam_init,
-                        adaptive=adaptive_lambda, smooth=elk_step == "smoother", **common)
+                        adaptive=adaptive_lambda, smooth=elk_step == "smoother", clip=clip,
+                        **common)
       if seq is not None:
         z = sequential_fill(seq, st.converged, z[:, None], p, z0_, xs_, length=t)[:, 0]
       lam = st.lam
