@@ -1093,15 +1093,23 @@ def plot_grid(rows: list[dict], path: str | Path) -> Path | None:
   return path
 
 
+def _write_json_markdown(out_dir: str | Path, name: str, kind: str, rows: list[dict], env: dict,
+                         settings: dict | None, markdown: str) -> dict:
+  """<out_dir>/<name>.json and <name>.md; returns their paths."""
+  out_dir = Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  paths = {"json": write_json(out_dir / f"{name}.json", kind, rows, env, settings)}
+  (out_dir / f"{name}.md").write_text(markdown + "\n")
+  paths["markdown"] = out_dir / f"{name}.md"
+  return paths
+
+
 def write_grid_report(rows: list[dict], env: dict, out_dir: str | Path,
                       settings: dict | None = None, name: str = "solvers") -> dict:
   """<name>.json, <name>.md and <name>.png (when matplotlib is importable)."""
-  out_dir = Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  paths = {"json": write_json(out_dir / f"{name}.json", "solvers", rows, env, settings)}
-  (out_dir / f"{name}.md").write_text(grid_markdown(rows, env) + "\n")
-  paths["markdown"] = out_dir / f"{name}.md"
-  png = plot_grid(rows, out_dir / f"{name}.png")
+  paths = _write_json_markdown(out_dir, name, "solvers", rows, env, settings,
+                               grid_markdown(rows, env))
+  png = plot_grid(rows, Path(out_dir) / f"{name}.png")
   if png is not None:
     paths["png"] = png
   return paths
@@ -1109,10 +1117,6 @@ def write_grid_report(rows: list[dict], env: dict, out_dir: str | Path,
 
 def write_check_report(ok: bool, rows: list[dict], env: dict, out_dir: str | Path,
                        settings: dict | None = None) -> dict:
-  out_dir = Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  paths = {"json": write_json(out_dir / "check.json", "check", rows, env,
-                              dict(settings or {}, passed=ok))}
   lines = ["# Correctness check", ""] + _env_lines(env) + [
       f"**{'all passed' if ok else 'FAILED'}**", "",
       "| pass | cell | method | iters | error | check |", "|---|---|---|---:|---:|---|"]
@@ -1120,9 +1124,8 @@ def write_check_report(ok: bool, rows: list[dict], env: dict, out_dir: str | Pat
     err = r.get("max_error") if r["pass"] == "forward" else r.get("grad_rel_error")
     lines.append(f"| {r['pass']} | {r['cell']} | {r['method']} | "
                  f"{_fmt(r.get('iterations'), 'd')} | {_fmt(err, '.1e')} | {r['check']} |")
-  (out_dir / "check.md").write_text("\n".join(lines) + "\n")
-  paths["markdown"] = out_dir / "check.md"
-  return paths
+  return _write_json_markdown(out_dir, "check", "check", rows, env,
+                              dict(settings or {}, passed=ok), "\n".join(lines))
 
 
 def training_markdown(rows: list[dict], env: dict | None = None) -> str:
@@ -1149,12 +1152,8 @@ def training_markdown(rows: list[dict], env: dict | None = None) -> str:
 
 def write_training_report(rows: list[dict], env: dict, out_dir: str | Path,
                           settings: dict | None = None) -> dict:
-  out_dir = Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  paths = {"json": write_json(out_dir / "training.json", "training", rows, env, settings)}
-  (out_dir / "training.md").write_text(training_markdown(rows, env) + "\n")
-  paths["markdown"] = out_dir / "training.md"
-  return paths
+  return _write_json_markdown(out_dir, "training", "training", rows, env, settings,
+                              training_markdown(rows, env))
 
 
 def stability_markdown(rows: list[dict], env: dict | None = None) -> str:
@@ -1180,12 +1179,8 @@ def stability_markdown(rows: list[dict], env: dict | None = None) -> str:
 
 def write_stability_report(rows: list[dict], env: dict, out_dir: str | Path,
                            settings: dict | None = None) -> dict:
-  out_dir = Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  paths = {"json": write_json(out_dir / "stability.json", "stability", rows, env, settings)}
-  (out_dir / "stability.md").write_text(stability_markdown(rows, env) + "\n")
-  paths["markdown"] = out_dir / "stability.md"
-  return paths
+  return _write_json_markdown(out_dir, "stability", "stability", rows, env, settings,
+                              stability_markdown(rows, env))
 
 
 def _pivot(rows: list[dict], pass_: str) -> list[str]:

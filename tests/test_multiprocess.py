@@ -50,16 +50,12 @@ def _spawn_pair(workdir, logdir):
   return procs
 
 
-_final = final_params
-_log = read_log
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
   root = tmp_path_factory.mktemp("mp")
   t0 = time.perf_counter()
-  assert _single(root / "A", root / "A.log") == 0, _log(root / "A.log")
-  return root, _final(root / "A"), time.perf_counter() - t0
+  assert _single(root / "A", root / "A.log") == 0, read_log(root / "A.log")
+  return root, final_params(root / "A"), time.perf_counter() - t0
 
 
 def _assert_same(params, ref):
@@ -72,8 +68,9 @@ def test_two_processes_match_one_process(reference):
   root, (meta_a, params_a), _ = reference
   code = launch_local(_cmd(root / "B"), 2, cpu_devices=2, log_dir=root / "B-logs",
                       timeout=TIMEOUT, env=clean_env())
-  assert code == 0, _log(root / "B-logs" / "process_0.log") + _log(root / "B-logs" / "process_1.log")
-  meta_b, params_b = _final(root / "B")
+  assert code == 0, (read_log(root / "B-logs" / "process_0.log") +
+                     read_log(root / "B-logs" / "process_1.log"))
+  meta_b, params_b = final_params(root / "B")
   assert meta_b["step"] == STEPS
   _assert_same(params_b, params_a)
   final_a = json.loads((root / "A" / "final_metrics.json").read_text())
@@ -88,7 +85,7 @@ def test_two_processes_match_one_process(reference):
         f"2 processes x 2 devices {final_b['steps_per_second']:.2f}")
   # process 0 alone writes metrics; both processes log to their own files
   assert (root / "B" / "metrics.jsonl").exists()
-  assert "step" in _log(root / "B-logs" / "process_1.log")
+  assert "step" in read_log(root / "B-logs" / "process_1.log")
 
 
 def test_sigterm_saves_same_step_on_both_and_resumes_elsewhere(reference, tmp_path):
@@ -98,20 +95,20 @@ def test_sigterm_saves_same_step_on_both_and_resumes_elsewhere(reference, tmp_pa
   metrics = workdir / "metrics.jsonl"
   deadline = time.time() + TIMEOUT
   while time.time() < deadline and not (metrics.exists() and '"step": 2,' in metrics.read_text()):
-    assert all(p.poll() is None for p in procs), _log(tmp_path / "process_0.log")
+    assert all(p.poll() is None for p in procs), read_log(tmp_path / "process_0.log")
     time.sleep(0.2)
   procs[1].send_signal(signal.SIGTERM)
   codes = [p.wait(timeout=TIMEOUT) for p in procs]
-  logs = [_log(tmp_path / f"process_{i}.log") for i in range(2)]
+  logs = [read_log(tmp_path / f"process_{i}.log") for i in range(2)]
   assert codes == [0, 0], logs
   stopped = [int(line.split("at step ")[1].split(",")[0]) for log in logs
              for line in log.splitlines() if line.startswith("stopped by a termination signal")]
   assert len(stopped) == 2 and stopped[0] == stopped[1] < STEPS, logs
   assert (workdir / "checkpoints" / str(stopped[0])).is_dir()
   # the next launch (here: one process with 4 devices) resumes at that step
-  assert _single(workdir, tmp_path / "resume.log") == 0, _log(tmp_path / "resume.log")
-  assert f"(step {stopped[0]})" in _log(tmp_path / "resume.log")
-  _assert_same(_final(workdir)[1], params_a)
+  assert _single(workdir, tmp_path / "resume.log") == 0, read_log(tmp_path / "resume.log")
+  assert f"(step {stopped[0]})" in read_log(tmp_path / "resume.log")
+  _assert_same(final_params(workdir)[1], params_a)
 
 
 def test_one_process_checkpoint_resumes_on_two(reference, tmp_path):
@@ -123,7 +120,7 @@ def test_one_process_checkpoint_resumes_on_two(reference, tmp_path):
   shutil.rmtree(workdir / "checkpoints" / str(STEPS))
   code = launch_local(_cmd(workdir), 2, cpu_devices=2, log_dir=tmp_path / "logs", timeout=TIMEOUT,
                       env=clean_env())
-  log = _log(tmp_path / "logs" / "process_0.log")
+  log = read_log(tmp_path / "logs" / "process_0.log")
   assert code == 0, log
   assert "(step 6)" in log
-  _assert_same(_final(workdir)[1], params_a)
+  _assert_same(final_params(workdir)[1], params_a)

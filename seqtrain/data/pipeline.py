@@ -206,6 +206,21 @@ def _stack(items: Sequence[dict]) -> dict:
   return {k: np.stack([it[k] for it in items]) for k in items[0]}
 
 
+def _host_lengths(source: Source, split: str, max_length: int | None) -> np.ndarray:
+  """The (cropped) lengths of a non-empty source."""
+  if len(source) == 0:
+    raise ValueError(f"the {split} split is empty")
+  lengths = np.asarray(source.lengths)
+  return np.minimum(lengths, max_length) if max_length else lengths
+
+
+def _host_batches(element, steps: int, b: int, options: grain.ReadOptions) -> grain.IterDataset:
+  """Host batch s = elements [s*b, (s+1)*b), stacked; one integer of iterator state."""
+  ds = grain.MapDataset.range(steps * b).map(element).batch(b, drop_remainder=True,
+                                                               batch_fn=_stack)
+  return ds.to_iter_dataset(options)
+
+
 def train_dataset(source: Source, *, global_batch_size: int, seed: int,
                   shard: ShardInfo = ShardInfo(), normalizer: Normalizer | None = None,
                   shuffle: bool = True, num_epochs: int | None = None,
@@ -218,13 +233,9 @@ def train_dataset(source: Source, *, global_batch_size: int, seed: int,
   dropped). Iterate it with ``iter(...)``; the iterator's ``get_state()`` /
   ``set_state()`` resume it exactly. ``max_length`` crops longer series.
   """
+  lengths = _host_lengths(source, "training", max_length)
   n = len(source)
-  if n == 0:
-    raise ValueError("the training split is empty")
   b = shard.host_batch_size(global_batch_size)
-  lengths = np.asarray(source.lengths)
-  if max_length:
-    lengths = np.minimum(lengths, max_length)
   order = _GlobalOrder(lengths, global_batch_size, seed, shuffle, bucket_window)
   pad_of = pad_length_fn(lengths, bucket_boundaries)
   steps = sys.maxsize // global_batch_size if num_epochs is None else (
@@ -242,10 +253,8 @@ def train_dataset(source: Source, *, global_batch_size: int, seed: int,
     i = order[step * global_batch_size + shard.index * b + r]
     return _example(source, i, pad_for_step(step), normalizer)
 
-  ds = grain.MapDataset.range(steps * b).map(element).batch(b, drop_remainder=True,
-                                                               batch_fn=_stack)
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
-                                              prefetch_buffer_size=prefetch))
+  return _host_batches(element, steps, b, grain.ReadOptions(num_threads=read_threads,
+                                                            prefetch_buffer_size=prefetch))
 
 
 def num_eval_batches(n: int, global_batch_size: int) -> int:
@@ -259,13 +268,9 @@ def eval_dataset(source: Source, *, global_batch_size: int, shard: ShardInfo = S
   """Every example exactly once, in order, in global batches of ``global_batch_size``;
   the last global batch is filled with padding rows (``mask`` 0, ``index`` -1) so every
   host runs the same number of equally shaped batches."""
+  lengths = _host_lengths(source, "evaluation", max_length)
   n = len(source)
-  if n == 0:
-    raise ValueError("the evaluation split is empty")
   b = shard.host_batch_size(global_batch_size)
-  lengths = np.asarray(source.lengths)
-  if max_length:
-    lengths = np.minimum(lengths, max_length)
   pad_of = pad_length_fn(lengths, bucket_boundaries)
   channels = int(np.asarray(source[0]["series"]).reshape(int(source.lengths[0]), -1).shape[1])
   steps = num_eval_batches(n, global_batch_size)
@@ -277,9 +282,8 @@ def eval_dataset(source: Source, *, global_batch_size: int, shard: ShardInfo = S
     i = g + shard.index * b + r
     return _example(source, i, pad, normalizer) if i < n else _padding_example(pad, channels)
 
-  ds = grain.MapDataset.range(steps * b).map(element).batch(b, drop_remainder=True,
-                                                               batch_fn=_stack)
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=4))
+  return _host_batches(element, steps, b, grain.ReadOptions(num_threads=read_threads,
+                                                            prefetch_buffer_size=4))
 
 
 def iterator_state_json(it: Any) -> str:

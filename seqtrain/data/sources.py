@@ -20,7 +20,7 @@ import numpy as np
 from seqtrain.data.ts import DataFormatError, SeriesDataset, read_series_file
 
 __all__ = ["BUNDLED_DIR", "bundled_datasets", "find_split_file", "load_split", "Splits",
-           "load_splits", "check_compatible"]
+           "load_splits", "check_compatible", "unknown_classes", "relabel"]
 
 BUNDLED_DIR = Path(__file__).parent / "archive"
 SPLIT_FILES = {"train": "TRAIN", "test": "TEST", "validation": "VALIDATION"}
@@ -95,19 +95,29 @@ class Splits:
                                 ("test", self.test)) if v is not None]
 
 
+def unknown_classes(data: SeriesDataset, class_names) -> list[str]:
+  """Classes that ``data``'s examples use but ``class_names`` lacks, sorted."""
+  known = set(class_names)
+  return sorted({data.class_names[i] for i in np.unique(data.labels)} - known)
+
+
+def relabel(data: SeriesDataset, class_names) -> SeriesDataset:
+  """``data`` with labels indexing ``class_names`` (which must hold every used class)."""
+  index = {c: i for i, c in enumerate(class_names)}
+  labels = np.array([index[data.class_names[y]] for y in data.labels], np.int32)
+  return SeriesDataset(data.series, labels, tuple(class_names), data.name, data.source)
+
+
 def check_compatible(reference: SeriesDataset, other: SeriesDataset, what: str) -> SeriesDataset:
   """Maps ``other``'s labels onto ``reference``'s classes; clear errors on a mismatch."""
   if other.num_channels != reference.num_channels:
     raise DataFormatError(other.source, f"{what} has {other.num_channels} channels, the training "
                           f"data {reference.num_channels}")
-  unknown = sorted(set(other.class_names) - set(reference.class_names))
-  used = {other.class_names[i] for i in np.unique(other.labels)}
-  if unknown and used & set(unknown):
-    raise DataFormatError(other.source, f"{what} holds classes {sorted(used & set(unknown))} that "
+  unknown = unknown_classes(other, reference.class_names)
+  if unknown:
+    raise DataFormatError(other.source, f"{what} holds classes {unknown} that "
                           f"the training data does not have ({list(reference.class_names)})")
-  index = {c: i for i, c in enumerate(reference.class_names)}
-  labels = np.array([index[other.class_names[y]] for y in other.labels], np.int32)
-  return SeriesDataset(other.series, labels, reference.class_names, other.name, other.source)
+  return relabel(other, reference.class_names)
 
 
 def load_splits(name: str | None = None, *, train_file: str | None = None,

@@ -20,7 +20,8 @@ from typing import Any, Iterable, Sequence
 import ml_collections
 
 __all__ = ["ConfigError", "base_config", "load_config", "apply_overrides", "validate",
-           "config_to_json", "config_from_json", "config_diff", "SHAPE_FIELDS", "CONFIGS_DIR"]
+           "config_to_json", "config_from_json", "config_from_dict", "config_diff",
+           "SHAPE_FIELDS", "CONFIGS_DIR"]
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 METHODS = ("sequential", "deer", "quasi_deer", "elk", "quasi_elk")
@@ -300,7 +301,8 @@ def config_to_json(config: ml_collections.ConfigDict) -> str:
   return json.dumps(_plain(config.to_dict()), indent=2, sort_keys=True)
 
 
-def config_from_json(text: str) -> ml_collections.ConfigDict:
+def config_from_dict(d: dict) -> ml_collections.ConfigDict:
+  """A config from its plain (JSON) form: lists become tuples, then validated and locked."""
   def tuples(v):
     if isinstance(v, dict):
       return {k: tuples(x) for k, x in v.items()}
@@ -308,10 +310,14 @@ def config_from_json(text: str) -> ml_collections.ConfigDict:
       return tuple(tuples(x) for x in v)
     return v
   config = base_config()
-  config.update(ml_collections.ConfigDict(tuples(json.loads(text))))
+  config.update(ml_collections.ConfigDict(tuples(d)))
   validate(config)
   config.lock()
   return config
+
+
+def config_from_json(text: str) -> ml_collections.ConfigDict:
+  return config_from_dict(json.loads(text))
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

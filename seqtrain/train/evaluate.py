@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from seqtrain.data import sources
 from seqtrain.data.pipeline import Normalizer, ShardInfo
@@ -49,14 +48,11 @@ def _external_source(spec: str, split: str, info: dict, data_dir: str | None) ->
   if data.num_channels != channels:
     raise DataFormatError(data.source or spec, f"has {data.num_channels} channels; the model was "
                           f"trained on {channels}")
-  used = sorted({data.class_names[i] for i in np.unique(data.labels)})
-  unknown = [c for c in used if c not in classes]
+  unknown = sources.unknown_classes(data, classes)
   if unknown:
     raise DataFormatError(data.source or spec, f"holds classes {unknown} the model was not trained "
                           f"on (its classes: {classes})")
-  index = {c: i for i, c in enumerate(classes)}
-  labels = np.array([index[data.class_names[y]] for y in data.labels], np.int32)
-  return SeriesDataset(data.series, labels, tuple(classes), data.name, data.source)
+  return sources.relabel(data, classes)
 
 
 def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str = "best",
@@ -64,9 +60,8 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str =
                      say=print) -> dict:
   workdir = Path(workdir).absolute()
   config_path = workdir / "config.json"
-  _load_json(config_path, "config.json")
   try:
-    config = config_lib.config_from_json(config_path.read_text())
+    config = config_lib.config_from_dict(_load_json(config_path, "config.json"))
   except config_lib.ConfigError as e:
     raise EvalError(f"{config_path}: {e}") from None
   info = _load_json(workdir / "data.json", "data.json")

@@ -85,7 +85,8 @@ def _flat_stats(mutable: dict) -> dict:
   return {k: v[0] if isinstance(v, tuple) else v for k, v in flat.items()}
 
 
-def _is_sum(key: str) -> bool:
+def is_summed_stat(key: str) -> bool:
+  """Solver statistics that add up over examples (the others reduce by max)."""
   return key.endswith(("fallbacks", "resets"))
 
 
@@ -103,9 +104,9 @@ def _reduce(sums: dict, maxes: dict, axis: str):
 
 def _split_stats(stats: dict):
   """Solver statistics -> (summed, maxed); ``converged`` travels as max of "not converged"."""
-  sums = {k: v for k, v in stats.items() if _is_sum(k)}
+  sums = {k: v for k, v in stats.items() if is_summed_stat(k)}
   maxes = {k: (~v.astype(bool)) if k.endswith("converged") else v
-           for k, v in stats.items() if not _is_sum(k)}
+           for k, v in stats.items() if not is_summed_stat(k)}
   return sums, maxes
 
 

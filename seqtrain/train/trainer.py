@@ -10,6 +10,7 @@ the same parameters as an uninterrupted one.
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -119,8 +120,8 @@ def evaluate_split(eval_fn, params, source, bundle, config, mesh, shard) -> dict
     total = batch_metrics if total is None else total.merge(batch_metrics)
     for k, v in out.items():
       if k not in ("confusion", "loss_sum"):
-        stats[k] = max(stats.get(k, 0.0), float(v)) if not k.endswith(("fallbacks", "resets")) \
-            else stats.get(k, 0.0) + float(v)
+        stats[k] = stats.get(k, 0.0) + float(v) if steps_lib.is_summed_stat(k) \
+            else max(stats.get(k, 0.0), float(v))
   values = total.compute()
   metrics = steps_lib.confusion_metrics(values["confusion"], bundle.class_names)
   metrics["loss"] = float(values["loss"])
@@ -238,7 +239,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
     train_iter.set_state(data_state)
   total = config.train.steps
   pending = None   # (step, device metrics) fetched after the next step is dispatched
-  history = []
+  history = collections.deque(maxlen=config.train.log_every)  # host metrics of recent steps
   window_metrics = [None]  # clu TrainWindow since the last log line
   last_eval: dict = {}
   steps_run = 0
@@ -256,7 +257,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
     window_metrics[0] = step_metrics if window_metrics[0] is None else \
         window_metrics[0].merge(step_metrics)
     if is_time(step, config.train.log_every, total):
-      window = history[-config.train.log_every:]
+      window = list(history)
       mean = {k: float(v) for k, v in window_metrics[0].compute().items()}
       window_metrics[0] = None
       writers.write(step, "train", {**mean, "grad_norm": m["grad_norm"],
