@@ -10,8 +10,12 @@
 #   nvidia-smi.txt  the GPU and driver
 #   check/          correctness gate: every method vs sequential (forward + gradient)
 #   solvers/        layer grid: batch 16, D in {8, 64}, T in {1e4, 1e5, 1e6}, GRU;
-#                   sequential (lax.scan), quasi_deer, deer, quasi_elk, nn.RNN, cuDNN;
-#                   forward at every T, forward+gradient up to T=1e5
+#                   sequential (lax.scan), quasi_deer, deer (chunk-start Newton, the
+#                   default), quasi_deer_perstep (the papers' per-step Newton),
+#                   quasi_elk, nn.RNN, cuDNN; forward at every T, forward+gradient
+#                   up to T=1e5
+#   chunks/K/       quasi_deer forward at T=1e5 with chunk length K in {8, 16, 64, 128}
+#                   (the default is about 2 sqrt(T), capped at 32: tuned on CPU)
 #   training/       steps/s of the 5-layer GRU-32 EigenWorms classifier, T=17,984, batch 4
 #   stability/      Lorenz-96 / expansive RNN (float64), if time is left
 #   summary.md      everything in one page (also printed); suite.log: the whole output
@@ -83,14 +87,19 @@ if [[ $SMOKE -eq 1 ]]; then
   GRID_ARGS=(--smoke --cells gru --methods sequential,quasi_deer,deer,flax_rnn,cudnn --grad
              --time-limit 2 --max-call-s 5 --deadline-s 120)
   TRAIN_ARGS=(--smoke --methods sequential,quasi_deer --deadline-s 60)
+  CHUNK_ARGS=(--T 256 --D 4 --batch 2 --methods sequential,quasi_deer --repeats 2)
+  CHUNKS=(8 64)
   STAB_ARGS=(--smoke --systems lorenz96 --methods deer,quasi_elk --fixed-lams 1e-3)
   STAB_UNTIL=600
 else
   CHECK_ARGS=(--check)
   GRID_ARGS=(--T 10000,100000,1000000 --D 8,64 --batch 16 --cells gru
-             --methods sequential,quasi_deer,deer,quasi_elk,flax_rnn,cudnn
+             --methods sequential,quasi_deer,deer,quasi_deer_perstep,quasi_elk,flax_rnn,cudnn
              --grad --grad-max-T 100000 --repeats 5 --time-limit 5 --max-call-s 4
              --deadline-s 150)
+  CHUNK_ARGS=(--T 100000 --D 8,64 --batch 16 --methods sequential,quasi_deer --repeats 5
+              --time-limit 3 --deadline-s 20)
+  CHUNKS=(8 16 64 128)
   TRAIN_ARGS=(--T 17984 --batch 4 --depth 5 --width 32
               --methods sequential,quasi_deer,deer,quasi_elk --steps 5 --time-limit 15
               --deadline-s 70)
@@ -101,6 +110,10 @@ fi
 step "correctness check" "$PY" "$REPO/benchmarks/solvers.py" "${CHECK_ARGS[@]}" --out "$OUT/check"
 step "layer grid" "$PY" "$REPO/benchmarks/solvers.py" "${GRID_ARGS[@]}" --out "$OUT/solvers"
 step "training" "$PY" "$REPO/benchmarks/training.py" "${TRAIN_ARGS[@]}" --out "$OUT/training"
+for K in "${CHUNKS[@]}"; do
+  step "chunk $K" "$PY" "$REPO/benchmarks/solvers.py" "${CHUNK_ARGS[@]}" --chunk "$K" \
+    --out "$OUT/chunks/$K"
+done
 if [[ $SECONDS -lt $STAB_UNTIL ]]; then
   LEFT=$(( (SMOKE == 1 ? 600 : 300) - SECONDS ))
   (( LEFT < 20 )) && LEFT=20

@@ -44,7 +44,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 __all__ = [
-    "SOLVER_METHODS", "BASELINES", "GRID_METHODS", "environment_info", "device_slug",
+    "SOLVER_METHODS", "PERSTEP_VARIANTS", "BASELINES", "GRID_METHODS", "environment_info", "device_slug",
     "default_out_dir", "compiled_memory", "time_calls", "run_grid", "run_check", "run_training",
     "run_stability", "write_json", "write_grid_report", "write_training_report",
     "write_stability_report", "write_check_report", "plot_grid", "summarize",
@@ -53,12 +53,18 @@ __all__ = [
 ]
 
 SOLVER_METHODS = ("sequential", "deer", "quasi_deer", "elk", "quasi_elk")
+# The papers' per-step Newton (and its adjoints) next to the default chunk-start
+# ("shoot") form: name -> (solver method, solver options).
+PERSTEP_VARIANTS = {
+    "quasi_deer_perstep": ("quasi_deer", {"mode": "store", "adjoint": "quasi"}),
+    "deer_perstep": ("deer", {"mode": "recompute", "adjoint": "dense"}),
+}
 BASELINES = ("flax_rnn", "cudnn")
-GRID_METHODS = SOLVER_METHODS + BASELINES
+GRID_METHODS = SOLVER_METHODS + tuple(PERSTEP_VARIANTS) + BASELINES
 _METHOD_ALIASES = {"ike": "elk", "quasi_ike": "quasi_elk", "scan": "sequential",
                    "nn.rnn": "flax_rnn", "flax": "flax_rnn", "torch": "cudnn"}
-DEFAULT_GRID_METHODS = ("sequential", "quasi_deer", "deer", "quasi_elk", "elk", "flax_rnn",
-                        "cudnn")
+DEFAULT_GRID_METHODS = ("sequential", "quasi_deer", "quasi_deer_perstep", "deer", "deer_perstep",
+                        "quasi_elk", "elk", "flax_rnn", "cudnn")
 TRAIN_METHODS = ("sequential", "quasi_deer", "deer", "quasi_elk", "elk")
 CELLS = ("gru", "lstm")
 Log = Callable[[str], None]
@@ -309,9 +315,15 @@ def _rel_tree_error(g, ref) -> float:
   return float(max(errs)) if errs else 0.0
 
 
+def solver_variant(method: str) -> tuple[str, dict]:
+  """(solver method, extra solver options) of a benchmark method name."""
+  base, options = PERSTEP_VARIANTS.get(method, (method, {}))
+  return base, dict(options)
+
+
 def _dense_bytes(method: str, pass_: str, b: int, t: int, d: int, itemsize: int = 4) -> int:
   """Lower bound on memory for methods holding a (T, D, D) Jacobian per sequence."""
-  dense = method == "elk" or (pass_ == "grad" and method == "deer")
+  dense = method == "elk" or (pass_ == "grad" and method == "deer_perstep")
   return 2 * b * t * d * d * itemsize if dense else 0
 
 
@@ -328,7 +340,9 @@ def _jax_program(method: str, cell: str, d: int, pass_: str, solver_options: dic
     def fwd(p, x):
       return layer.apply(p, x), {}
   else:
-    layer = ParallelRNN(_cell_module(cell, d), method=method, solver_options=solver_options)
+    base, extra = solver_variant(method)
+    layer = ParallelRNN(_cell_module(cell, d), method=base,
+                        solver_options={**solver_options, **extra})
 
     def fwd(p, x):
       ys, mut = layer.apply(p, x, mutable=["solver_stats"])
@@ -448,7 +462,8 @@ def run_grid(*, T: Sequence[int], D: Sequence[int], batch: Sequence[int] | int =
              forward: bool = True, grad: bool = False, grad_max_T: int | None = None,
              repeats: int = 5, time_limit: float | None = 10.0, max_call_s: float | None = 60.0,
              deadline_s: float | None = None, memory_budget: int | None = None,
-             max_iter: int | None = None, seed: int = 0, log: Log = _say) -> list[dict]:
+             max_iter: int | None = None, chunk: int | None = None, seed: int = 0,
+             log: Log = _say) -> list[dict]:
   """Times one recurrent layer over the grid; returns one row per configuration.
 
   Passes run in order: every forward row, then every gradient row (so a
@@ -484,6 +499,8 @@ def run_grid(*, T: Sequence[int], D: Sequence[int], batch: Sequence[int] | int =
   batches = [batch] if isinstance(batch, int) else list(batch)
   budget = int(memory_budget) if memory_budget else default_memory_budget()
   solver_options = {} if max_iter is None else {"max_iter": int(max_iter)}
+  if chunk:
+    solver_options["chunk"] = int(chunk)
   torch, torch_reason = _torch_cuda() if "cudnn" in methods else (None, None)
   passes = (["forward"] if forward else []) + (["grad"] if grad else [])
   start = time.perf_counter()
@@ -593,7 +610,7 @@ def _fmt(v, spec: str) -> str:
 
 def _row_line(r: dict) -> str:
   head = (f"{r['pass']:<7} {r['cell']:<4} D={r['D']:<3} T={r['T']:<8} B={r['batch']:<3} "
-          f"{r['method']:<11}")
+          f"{r['method']:<18}")
   if r["status"] != "ok":
     return f"{head} {r['status']}: {r['reason']}"
   err = r.get("max_error") if r["pass"] == "forward" else r.get("grad_rel_error")
@@ -625,7 +642,7 @@ def run_check(*, T: int = 200, D: int = 8, batch: int = 3, cells: Sequence[str] 
     if r["status"] != "ok":
       why.append(f"{r['status']}: {r['reason']}")
     else:
-      if r["method"] in SOLVER_METHODS and r["method"] != "sequential":
+      if r["method"] not in BASELINES and r["method"] != "sequential":
         if not r.get("converged"):
           why.append("not converged")
         if r.get("fallbacks"):
@@ -640,7 +657,7 @@ def run_check(*, T: int = 200, D: int = 8, batch: int = 3, cells: Sequence[str] 
     ok &= not why
     err = r.get("max_error") if r["pass"] == "forward" else r.get("grad_rel_error")
     its = _fmt(r.get("iterations"), "d")
-    log(f"check {r['pass']:<7} {r['cell']:<4} {r['method']:<11} it={its:<4} "
+    log(f"check {r['pass']:<7} {r['cell']:<4} {r['method']:<18} it={its:<4} "
         f"err={_fmt(err, '.1e'):<8} {r['check']}")
   log(f"check: {'all passed' if ok else 'FAILED'} ({len(rows)} rows, T={T}, D={D}, "
       f"batch={batch}, float32)")
@@ -678,7 +695,7 @@ def run_training(*, T: int = 17_984, batch: int = 4, steps: int = 5,
   from seqtrain.solvers import canonical_method
   from seqtrain.train.steps import TrainState, make_train_step
 
-  methods = [canonical_method(m) for m in methods]
+  methods = [m if m in PERSTEP_VARIANTS else canonical_method(m) for m in methods]
   mesh = make_mesh(("data",), (1,), devices=jax.devices()[:1])
   rng = np.random.default_rng(seed)
   data = host_to_global({
@@ -690,8 +707,10 @@ def run_training(*, T: int = 17_984, batch: int = 4, steps: int = 5,
   schedule = optax.constant_schedule(lr)
 
   def model_for(method):
+    base, options = solver_variant(method)
     return SequenceClassifier(num_classes=num_classes, width=width, depth=depth, cell=cell,
-                              method=method, pooling="mean_logits", mlp_ratio=1)
+                              method=base, solver_options=options, pooling="mean_logits",
+                              mlp_ratio=1)
 
   t_init = min(T, 8)
   params = model_for("sequential").init(jax.random.PRNGKey(seed),
@@ -753,7 +772,7 @@ def run_training(*, T: int = 17_984, batch: int = 4, steps: int = 5,
 
 
 def _train_line(r: dict) -> str:
-  head = f"train {r['method']:<11} T={r['T']} B={r['batch']} depth={r['depth']}"
+  head = f"train {r['method']:<18} T={r['T']} B={r['batch']} depth={r['depth']}"
   if r["status"] != "ok":
     return f"{head} {r['status']}: {r['reason']}"
   return (f"{head} {_fmt_ms(r['step_s']):>8} ms/step  {r['steps_per_s']:.3g} steps/s  "
@@ -834,9 +853,17 @@ STABILITY_METHODS = ("deer", "quasi_deer", "elk", "quasi_elk")
 def stability_variants(methods: Sequence[str] = STABILITY_METHODS,
                        fixed_lams: Sequence[float] = (1e-3, 1e-1),
                        fixed_step: str = "smoother") -> list[dict]:
-  """The default (adaptive) setting of each method, then the fixed-lambda
-  setting (``adaptive_lambda=False, lam_init=lam``) of each damped method."""
-  out = [{"name": m, "method": m, "options": {}} for m in methods]
+  """The default setting of each method (chunk-start Newton for deer and
+  quasi_deer, adaptive lambda for the damped ones), the papers' per-step Newton
+  of deer / quasi_deer, then the fixed-lambda setting (``adaptive_lambda=False,
+  lam_init=lam``) of each damped method."""
+  out = []
+  for m in methods:
+    base, options = solver_variant(m)
+    out.append({"name": m, "method": base, "options": options})
+  for name, (base, options) in PERSTEP_VARIANTS.items():
+    if base in methods and name not in methods:
+      out.append({"name": name, "method": base, "options": dict(options)})
   for lam in fixed_lams:
     for m in methods:
       if m in ("elk", "quasi_elk"):
@@ -1289,9 +1316,9 @@ def _solver_methods(text: str) -> list[str]:
   for v in _str_list(text):
     m = canonical_grid_method(v) if v.lower() in GRID_METHODS or v.lower() in _METHOD_ALIASES \
         else v
-    if m not in SOLVER_METHODS:
-      raise argparse.ArgumentTypeError(
-          f"unknown solver method {v!r}; valid: {', '.join(SOLVER_METHODS)}")
+    if m not in SOLVER_METHODS and m not in PERSTEP_VARIANTS:
+      valid = ", ".join(SOLVER_METHODS + tuple(PERSTEP_VARIANTS))
+      raise argparse.ArgumentTypeError(f"unknown solver method {v!r}; valid: {valid}")
     out.append(m)
   return out
 
@@ -1340,6 +1367,8 @@ def add_grid_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--memory-budget-gb", type=float, default=None,
                  help="skip programs needing more (default 90%% of device memory; CPU: half RAM)")
   p.add_argument("--max-iter", type=int, default=None, help="solver max_iter (default 100)")
+  p.add_argument("--chunk", type=int, default=None,
+                 help="steps per chunk of the chunked solvers (default: by T)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=None,
                  help="output folder (default benchmarks/results/<date>-<device>)")
@@ -1379,7 +1408,7 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str] | None = None) -> in
                   grad_max_T=args.grad_max_T, time_limit=args.time_limit,
                   max_call_s=args.max_call_s, deadline_s=args.deadline_s,
                   memory_budget_gb=args.memory_budget_gb, max_iter=args.max_iter,
-                  seed=args.seed, smoke=args.smoke)
+                  chunk=args.chunk, seed=args.seed, smoke=args.smoke)
   budget = int(args.memory_budget_gb * 1e9) if args.memory_budget_gb else None
   print(f"layer grid on {env['device_kind']}: T={grid['T']} D={grid['D']} "
         f"batch={grid['batch']} cells={args.cells} -> {out}", flush=True)
@@ -1387,7 +1416,7 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str] | None = None) -> in
                   methods=args.methods, grad=args.grad, grad_max_T=args.grad_max_T,
                   repeats=grid["repeats"], time_limit=args.time_limit,
                   max_call_s=args.max_call_s, deadline_s=args.deadline_s, memory_budget=budget,
-                  max_iter=args.max_iter, seed=args.seed)
+                  max_iter=args.max_iter, chunk=args.chunk, seed=args.seed)
   paths = write_grid_report(rows, env, out, settings)
   print("wrote " + ", ".join(str(p) for p in paths.values()), flush=True)
   return 0

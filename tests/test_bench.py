@@ -22,7 +22,8 @@ def test_grid_cli_rows_and_reports(tmp_path):
   bench.add_bench_command(sub)
   # T=128 only for sequential: the others' time, extrapolated from T=64, exceeds --max-call-s
   argv = ["bench", "--T", "64,128", "--D", "4", "--batch", "2", "--methods",
-          "sequential,quasi_deer,deer,cudnn", "--repeats", "2", "--max-call-s", "1e-9",
+          "sequential,quasi_deer,quasi_deer_perstep,deer,cudnn", "--repeats", "2",
+          "--max-call-s", "1e-9",
           "--out", str(tmp_path)]
   args = parser.parse_args(argv)
   assert args.command == "bench" and args.T == [64, 128] and args.D == [4] and not args.grad
@@ -34,11 +35,11 @@ def test_grid_cli_rows_and_reports(tmp_path):
     assert key in doc["environment"]
   long = {r["method"]: r for r in doc["rows"] if r["T"] == 128}
   assert long["sequential"]["status"] == "ok"  # the reference always runs
-  for m in ("quasi_deer", "deer"):
+  for m in ("quasi_deer", "quasi_deer_perstep", "deer"):
     assert long[m]["status"] == "skipped" and "estimated" in long[m]["reason"]
   rows = {r["method"]: r for r in doc["rows"] if r["T"] == 64}
-  assert set(rows) == {"sequential", "quasi_deer", "deer", "cudnn"}
-  for m in ("sequential", "quasi_deer", "deer"):
+  assert set(rows) == {"sequential", "quasi_deer", "quasi_deer_perstep", "deer", "cudnn"}
+  for m in ("sequential", "quasi_deer", "quasi_deer_perstep", "deer"):
     r = rows[m]
     assert r["status"] == "ok", r
     assert r["pass"] == "forward" and (r["T"], r["D"], r["batch"]) == (64, 4, 2)
@@ -47,7 +48,7 @@ def test_grid_cli_rows_and_reports(tmp_path):
     assert r["max_error"] < 1e-4
     assert r["temp_bytes"] is not None
   assert rows["sequential"]["ratio"] == 1.0 and rows["sequential"]["max_error"] == 0.0
-  for m in ("quasi_deer", "deer"):
+  for m in ("quasi_deer", "quasi_deer_perstep", "deer"):
     assert rows[m]["iterations"] >= 1 and rows[m]["converged"] and rows[m]["fallbacks"] == 0
     assert rows[m]["ratio"] == pytest.approx(rows[m]["time_s"] / rows["sequential"]["time_s"])
   assert rows["cudnn"]["status"] == "skipped" and rows["cudnn"]["reason"]  # no CUDA torch here
@@ -61,7 +62,8 @@ def test_grid_cli_rows_and_reports(tmp_path):
 
 def test_grid_gradient_pass_and_skips(monkeypatch):
   assert bench._dense_bytes("elk", "forward", 16, 1000, 8) == 2 * 16 * 1000 * 64 * 4
-  assert bench._dense_bytes("deer", "grad", 16, 1000, 8) > 0
+  assert bench._dense_bytes("deer_perstep", "grad", 16, 1000, 8) > 0  # dense adjoint
+  assert bench._dense_bytes("deer", "grad", 16, 1000, 8) == 0  # shoot adjoint: (C, D, D)
   assert bench._dense_bytes("deer", "forward", 16, 1000, 8) == 0
   assert bench._dense_bytes("quasi_elk", "grad", 16, 1000, 8) == 0
   monkeypatch.setattr(bench, "_dense_bytes",
@@ -105,12 +107,14 @@ def test_stability_lorenz_deer_converges_float64():
                              log=lambda _: None)
   assert jax.config.read("jax_enable_x64") == before
   by = {r["variant"]: r for r in rows}
-  assert set(by) == {"sequential", "deer"}
-  deer = by["deer"]
-  assert deer["status"] == "ok" and deer["dtype"] == "float64"
-  assert deer["converged"] == 2 and deer["max_iter"] == 50
-  assert all(1 <= i <= 50 for i in deer["iterations"])
-  assert deer["max_error"] < 1e-6
+  assert set(by) == {"sequential", "deer", "deer_perstep"}
+  assert by["deer_perstep"]["options"] == {"mode": "recompute", "adjoint": "dense"}
+  for name in ("deer", "deer_perstep"):
+    deer = by[name]
+    assert deer["status"] == "ok" and deer["dtype"] == "float64"
+    assert deer["converged"] == 2 and deer["max_iter"] == 50
+    assert all(1 <= i <= 50 for i in deer["iterations"])
+    assert deer["max_error"] < 1e-6
   assert "lorenz96" in bench.stability_markdown(rows, {})
 
 
@@ -154,8 +158,12 @@ def test_method_names_and_lists():
     bench.canonical_grid_method("newton")
   assert bench._int_list("1e4,100000") == [10000, 100000]
   names = [v["name"] for v in bench.stability_variants(fixed_lams=[1e-2])]
-  assert names == ["deer", "quasi_deer", "elk", "quasi_elk", "elk fixed lam=0.01",
-                   "quasi_elk fixed lam=0.01"]
+  assert names == ["deer", "quasi_deer", "elk", "quasi_elk", "quasi_deer_perstep",
+                   "deer_perstep", "elk fixed lam=0.01", "quasi_elk fixed lam=0.01"]
+  assert bench.solver_variant("quasi_deer_perstep") == ("quasi_deer",
+                                                        {"mode": "store", "adjoint": "quasi"})
+  assert bench.solver_variant("quasi_deer") == ("quasi_deer", {})
+  assert bench._solver_methods("scan,deer_perstep") == ["sequential", "deer_perstep"]
 
 
 def test_scripts_parse_and_gpu_suite_is_wired():

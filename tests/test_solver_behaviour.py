@@ -24,7 +24,7 @@ def test_aliases_are_the_damped_methods():
 
 
 @pytest.mark.parametrize("bad", [dict(on_failure="ignore"), dict(init="ones"), dict(adjoint="x"),
-                                 dict(elk_step="kalman"), dict(max_iter=-1)])
+                                 dict(elk_step="kalman"), dict(max_iter=-1), dict(mode="fast")])
 def test_bad_options_raise(bad):
   step, p, h0, xs = make_problem("gru", 2, 5, jnp.float64)
   with pytest.raises(ValueError):
@@ -48,17 +48,19 @@ def test_no_inputs_with_length():
   np.testing.assert_allclose(hs[:, 0], ref, atol=1e-12)
 
 
+@pytest.mark.parametrize("mode", ["shoot", "store"])
 @pytest.mark.parametrize("init", ["zeros", "warm", "given"])
-def test_start_guesses(init):
+def test_start_guesses(init, mode):
   step, p, h0, xs = make_problem("gru", 4, 200, jnp.float64)
   ref, _ = solve(step, p, h0, xs, "sequential")
   guess = ref + 1e-3 if init == "given" else init
-  hs, info = solve(step, p, h0, xs, "quasi_deer", init=guess, on_failure="return")
+  opts = dict(mode=mode, chunk=5)  # short chunks: the cold start needs several iterations
+  hs, info = solve(step, p, h0, xs, "quasi_deer", init=guess, on_failure="return", **opts)
   assert bool(info.converged)
   np.testing.assert_allclose(hs, ref, atol=1e-8)
   if init == "given":
-    cold = solve(step, p, h0, xs, "quasi_deer")[1]
-    assert int(info.iterations) < int(cold.iterations)
+    cold = solve(step, p, h0, xs, "quasi_deer", **opts)[1]
+    assert int(info.iterations) < int(cold.iterations), (info.iterations, cold.iterations)
 
 
 def test_init_trajectory_shape_checked():
@@ -70,15 +72,16 @@ def test_init_trajectory_shape_checked():
 def test_unconverged_is_flagged_and_falls_back():
   step, p, h0, xs = make_problem("gru", 8, 300, jnp.float64)
   ref, _ = solve(step, p, h0, xs, "sequential")
-  hs, info = solve(step, p, h0, xs, "quasi_deer", max_iter=2, on_failure="return")
+  opts = dict(max_iter=1, chunk=4)  # 75 chunks of 4 steps: two passes cannot settle them
+  hs, info = solve(step, p, h0, xs, "quasi_deer", on_failure="return", **opts)
   assert not bool(info.converged) and not bool(info.fallback)
   assert float(jnp.max(jnp.abs(hs - ref))) > 1e-6
-  hs, info = solve(step, p, h0, xs, "quasi_deer", max_iter=2)
+  hs, info = solve(step, p, h0, xs, "quasi_deer", **opts)
   assert not bool(info.converged) and bool(info.fallback)
   np.testing.assert_allclose(hs, ref, atol=1e-12)
   with pytest.raises(Exception, match="did not converge"):
-    jax.block_until_ready(jax.jit(lambda: solve(step, p, h0, xs, "quasi_deer", max_iter=2,
-                                                on_failure="raise")[0])())
+    jax.block_until_ready(jax.jit(lambda: solve(step, p, h0, xs, "quasi_deer",
+                                                on_failure="raise", **opts)[0])())
 
 
 def test_fallback_under_vmap_only_replaces_failed_sequences():
@@ -138,22 +141,58 @@ def test_fixed_lambda_and_filter_only_options():
 
 
 def test_untrained_gru_iteration_counts():
-  """D=32, T=10,000, float32, flax-like init: quasi_deer <= 15, deer <= 7."""
+  """D=32, T=10,000, float32, flax-like init: the papers' per-step Newton needs
+  quasi_deer <= 15, deer <= 7 iterations; the default chunk-start ("shoot") form
+  <= 4 for both."""
   d, t = 32, 10_000
   p = gru_params(jax.random.PRNGKey(0), d, d, jnp.float32)
   xs = jax.random.normal(jax.random.PRNGKey(1), (t, d), jnp.float32)
   h0 = jnp.zeros(d, jnp.float32)
   ref, _ = solve(gru_step, p, h0, xs, "sequential")
-  q, qi = jax.jit(lambda p: solve(gru_step, p, h0, xs, "quasi_deer", diag_jacobian=gru_diag,
-                                  on_failure="return"))(p)
-  n, ni = jax.jit(lambda p: solve(gru_step, p, h0, xs, "deer", on_failure="return"))(p)
-  print(f"\nGRU D=32 T=1e4 float32: quasi_deer {int(qi.iterations)} it, deer {int(ni.iterations)} it")
-  assert bool(qi.converged) and int(qi.iterations) <= 15
-  assert bool(ni.converged) and int(ni.iterations) <= 7
-  assert float(jnp.max(jnp.abs(q - ref))) < 1e-4
-  assert float(jnp.max(jnp.abs(n - ref))) < 1e-4
+  limits = {"store": (15, 7), "shoot": (4, 4)}
+  for mode, (q_max, n_max) in limits.items():
+    q, qi = jax.jit(lambda p: solve(gru_step, p, h0, xs, "quasi_deer", diag_jacobian=gru_diag,
+                                    on_failure="return", mode=mode))(p)
+    n, ni = jax.jit(lambda p: solve(gru_step, p, h0, xs, "deer", on_failure="return",
+                                    mode="recompute" if mode == "store" else mode))(p)
+    print(f"\nGRU D=32 T=1e4 float32, {mode}: quasi_deer {int(qi.iterations)} it, "
+          f"deer {int(ni.iterations)} it")
+    assert bool(qi.converged) and int(qi.iterations) <= q_max, mode
+    assert bool(ni.converged) and int(ni.iterations) <= n_max, mode
+    assert float(jnp.max(jnp.abs(q - ref))) < 1e-4
+    assert float(jnp.max(jnp.abs(n - ref))) < 1e-4
 
 
 def test_default_tolerances_per_dtype():
   assert default_tolerances(jnp.float64)[0] < default_tolerances(jnp.float32)[0]
   assert default_tolerances(jnp.bfloat16)[0] > default_tolerances(jnp.float32)[0]
+
+
+@pytest.mark.parametrize("t,chunk", [(50, 8), (50, 10), (7, 64)])
+def test_reverse_shoot_matches_reversed_scan(t, chunk):
+  """newton_solve(reverse=True) solves z_t = f(z_{t+1}, x_t) backwards from z_T = z0,
+  with padding in front when K does not divide T; its sequential fallback too."""
+  from seqtrain.solvers.newton import newton_solve
+  step, p, h0, xs = make_problem("gru", 4, t, jnp.float64)
+  ref = solve(step, p, h0, xs[::-1], "sequential")[0][::-1]
+  lin = lambda p, z, x: gru_diag(p, z, x)
+  kw = dict(length=t, kind="diag", atol=1e-12, rtol=1e-12, chunk=chunk, mode="shoot",
+            reverse=True)
+  z, st = newton_solve(lin, p, h0, xs, jnp.zeros((t, 4)), max_iter=100, **kw)
+  assert bool(st.converged)
+  np.testing.assert_allclose(z, ref, atol=1e-10)
+  z, st = newton_solve(lin, p, h0, xs, jnp.zeros((t, 4)), max_iter=0, fallback=step, **kw)
+  if t > chunk:
+    assert not bool(st.converged)
+  np.testing.assert_allclose(z, ref, atol=1e-12)
+  with pytest.raises(ValueError, match="reverse"):
+    newton_solve(lin, p, h0, xs, jnp.zeros((t, 4)), max_iter=1, **dict(kw, mode="store"))
+
+
+def test_shoot_makes_early_chunks_exact():
+  """After i iterations at least the first i chunks are exact (chunk-level causality)."""
+  step, p, h0, xs = make_problem("tanh", 3, 60, jnp.float64)
+  ref, _ = solve(step, p, h0, xs, "sequential")
+  for i in range(3):
+    hs, _ = solve(step, p, h0, xs, "quasi_deer", chunk=10, max_iter=i, on_failure="return")
+    np.testing.assert_allclose(hs[:10 * (i + 1) - 1], ref[:10 * (i + 1) - 1], atol=1e-12)

@@ -46,3 +46,19 @@ def test_matches_scan_float64(cell, method, d, t):
 @pytest.mark.parametrize("d,t", [(1, 1), (4, 2), (16, 100), (4, 5000), (16, 5000)])
 def test_matches_scan_float32(cell, method, d, t):
   check_states(cell, method, d, t, jnp.float32)
+
+
+@pytest.mark.parametrize("mode", ["store", "recompute"])
+@pytest.mark.parametrize("method", ["deer", "quasi_deer"])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "tanh"])
+@pytest.mark.parametrize("d,t", [(1, 1), (4, 37), (16, 1000)])
+def test_per_step_newton_modes_match_scan(cell, method, mode, d, t):
+  """The papers' per-step Newton (store / recompute) next to the default "shoot"."""
+  check_states(cell, method, d, t, jnp.float64, mode=mode)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64])
+@pytest.mark.parametrize("method", ["deer", "quasi_deer"])
+def test_shoot_mode_chunk_sizes(method, chunk):
+  """Chunks of one step, chunks not dividing T (padding), one chunk for all T."""
+  check_states("gru", method, 5, 50, jnp.float64, chunk=chunk)

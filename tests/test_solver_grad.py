@@ -47,9 +47,17 @@ def test_gradients_match_scan(cell, method, dtype):
   check_grad(cell, method, 8, 300, dtype)
 
 
-@pytest.mark.parametrize("adjoint", ["dense", "quasi", "sequential"])
-def test_every_exact_adjoint(adjoint):
-  check_grad("gru", "quasi_deer", 6, 200, jnp.float64, adjoint=adjoint)
+@pytest.mark.parametrize("method", ["deer", "quasi_deer"])
+@pytest.mark.parametrize("adjoint", ["shoot", "dense", "quasi", "sequential"])
+def test_every_exact_adjoint(adjoint, method):
+  check_grad("gru", method, 6, 200, jnp.float64, adjoint=adjoint)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 300])
+def test_shoot_adjoint_chunk_sizes(chunk):
+  """Reverse-time chunks with front padding (200 = 28 x 7 + 4), one-step chunks,
+  and a single chunk longer than T."""
+  check_grad("lstm", "quasi_deer", 5, 200, jnp.float64, chunk=chunk)
 
 
 def test_approx_adjoint_is_documented_as_approximate():
@@ -99,9 +107,10 @@ def test_closed_over_arrays_are_differentiated():
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(d=st.integers(1, 7), t=st.integers(1, 90), batch=st.integers(1, 3),
        method=st.sampled_from(PARALLEL), chunk=st.one_of(st.none(), st.integers(1, 20)),
-       seed=st.integers(0, 10_000))
-def test_random_shapes(d, t, batch, method, chunk, seed):
-  """Hypothesis: random D, T, batch, chunk size and method; states and gradients."""
+       mode=st.sampled_from(["shoot", "store", "recompute"]), seed=st.integers(0, 10_000))
+def test_random_shapes(d, t, batch, method, chunk, mode, seed):
+  """Hypothesis: random D, T, batch, chunk size, Newton mode and method; states and
+  gradients (the mode applies to deer / quasi_deer)."""
   step, params, h0, xs = make_problem("gru", d, t, jnp.float64, seed=seed)
   xb = jnp.stack([xs * (1 + 0.1 * i) for i in range(batch)])
   hb = jnp.stack([h0 * (1 - 0.2 * i) for i in range(batch)])
@@ -113,7 +122,8 @@ def test_random_shapes(d, t, batch, method, chunk, seed):
     return jax.grad(f, argnums=(0, 1, 2), has_aux=True)(params, hb, xb)
 
   g_ref, (h_ref, _) = run("sequential")
-  g, (h, info) = run(method, chunk=chunk, on_failure="return")
+  g, (h, info) = run(method, chunk=chunk, on_failure="return",
+                     mode=mode if method in ("deer", "quasi_deer") else None)
   assert bool(jnp.all(info.converged))
   assert float(jnp.max(jnp.abs(h - h_ref))) < 1e-8
   assert rel_err(g, g_ref) < 1e-6

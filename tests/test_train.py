@@ -7,6 +7,7 @@ import pytest
 
 from seqtrain import cli
 from seqtrain.train import config as config_lib
+from seqtrain.train import steps as steps_lib
 from seqtrain.train.evaluate import evaluate_workdir
 from seqtrain.train.trainer import ResumeError, train_and_evaluate
 from seqtrain.train.writers import read_metrics
@@ -125,6 +126,22 @@ def test_config_errors():
     config.train.new_field = 1  # locked
   back = config_lib.config_from_json(config_lib.config_to_json(config))
   assert config_lib.config_diff(back.to_dict(), config.to_dict()) == []
+  with pytest.raises(config_lib.ConfigError, match="model.solver.mode='fast'"):
+    config_lib.load_config("configs/basic_motions.py", ["model.solver.mode=fast"])
+  with pytest.raises(config_lib.ConfigError, match="model.solver.chunk=-1"):
+    config_lib.load_config("configs/basic_motions.py", ["model.solver.chunk=-1"])
+  config = config_lib.load_config("configs/basic_motions.py", [
+      "model.solver.mode=store", "model.solver.chunk=8", "model.solver.adjoint=quasi"])
+  assert steps_lib.solver_options(config) == dict(on_failure="sequential", chunk=8, mode="store",
+                                                  adjoint="quasi")
+
+
+def test_config_names_match_the_solvers():
+  """config.py repeats the solver's names so that reading a config needs no JAX."""
+  from seqtrain.solvers import adjoint, api, newton
+  assert config_lib.METHODS == api.METHODS
+  assert config_lib.MODES == newton.MODES
+  assert config_lib.ADJOINTS == adjoint.ADJOINTS
 
 
 @pytest.mark.parametrize("name", ["basic_motions", "japanese_vowels", "synthetic_long", "eigenworms",

@@ -15,7 +15,7 @@ from seqtrain.solvers.elk import elk_solve
 from seqtrain.solvers.fallback import sequential_fill
 from seqtrain.solvers.jacobians import (dense_linearization, flat_diag_hook, flat_step,
                                         jvp_diag_linearization)
-from seqtrain.solvers.newton import newton_solve
+from seqtrain.solvers.newton import MODES, newton_solve
 
 METHODS = ("sequential", "deer", "quasi_deer", "elk", "quasi_elk")
 ALIASES = {"ike": "elk", "quasi_ike": "quasi_elk"}
@@ -121,11 +121,17 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "quasi_de
     diag_jacobian: optional analytic hook (params, h, x) -> (h_next, diag(df/dh))
       used by the quasi methods instead of the JVP fallback.
     jvp_batch: JVP directions per block in the generic diagonal (default all).
-    chunk: positions per chunk in the Newton scan (default about sqrt(T)).
-    mode: "store" (default for quasi_deer) or "recompute" (default for deer).
-    adjoint: backward pass: "dense" (default for deer/elk), "quasi" (default for
-      quasi methods; exact, preconditioned iteration), "sequential" (exact,
-      lax.scan), or "approx" (diag(J) only: the reference code's APPROXIMATE
+    chunk: positions per chunk of the chunked solvers (default by T and mode,
+      see ``newton.default_chunk``).
+    mode: DEER / quasi-DEER formulation: "shoot" (default: Newton on the chunk
+      starts, exact steps inside chunks; same fixed point, few iterations),
+      or the papers' per-step Newton: "store" (chunk maps kept) or "recompute"
+      (second pass instead of storage).
+    adjoint: backward pass: "shoot" (default: the adjoint recurrence solved like
+      the forward, exact VJPs inside chunks, diag(J) or dense J products across
+      them), "dense" (materialised (T, D, D) Jacobians), "quasi" (diagonally
+      preconditioned iteration with exact VJPs), "sequential" (lax.scan), all
+      exact; or "approx" (diag(J) only: the reference code's APPROXIMATE
       gradient, cheaper and wrong by tens of percent for dense-weight cells).
     lam_init, adaptive_lambda, elk_step: damped methods: initial lambda,
       gain-ratio adaptation (False: fixed lambda, all steps accepted, as in the
@@ -143,6 +149,8 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "quasi_de
     raise ValueError(f"elk_step must be 'smoother' or 'filter', got {elk_step!r}")
   if adjoint is not None and adjoint not in adj.ADJOINTS:
     raise ValueError(f"adjoint must be one of {adj.ADJOINTS}, got {adjoint!r}")
+  if mode is not None and mode not in MODES:
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
   if max_iter < 0:
     raise ValueError(f"max_iter must be >= 0, got {max_iter}")
   t = _sequence_length(xs, length)
@@ -154,8 +162,8 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "quasi_de
   rtol = d_rtol if rtol is None else rtol
   quasi = method in ("quasi_deer", "quasi_elk")
   kind = "diag" if quasi else "dense"
-  adjoint = adjoint or ("quasi" if quasi else "dense")
-  mode = mode or ("store" if quasi else "recompute")
+  mode = mode or "shoot"
+  adjoint = adjoint or "shoot"
 
   def unravel_traj(z):
     return jax.vmap(unravel)(z)
@@ -232,7 +240,10 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "quasi_de
     p, z0_, xs_, z = res
     g = cts[0]
     zprev = jnp.concatenate([z0_[None], z[:-1]])
-    if adjoint == "dense":
+    if adjoint == "shoot":
+      mu = adj.shoot_adjoint(fz, lin, p, zprev, xs_, g, kind=kind, atol=atol, rtol=rtol,
+                             max_iter=max(max_iter, 1), chunk=chunk)[0]
+    elif adjoint == "dense":
       mu = adj.dense_adjoint(dense_lin, p, zprev, xs_, g)
     elif adjoint == "sequential":
       mu = adj.sequential_adjoint(fz, p, zprev, xs_, g)

@@ -19,8 +19,12 @@ import jax.numpy as jnp
 from jax import lax
 
 
-def _fill(step_b, ok, z, params, z0, xs, length: int, x_batched):
-  """ok (B,), z (B, K, C, D), z0 (B, D); step_b maps (params, (B, D), x_t) -> (B, D)."""
+def _fill(step_b, ok, z, params, z0, xs, length: int, x_batched, reverse=False, offset=0):
+  """ok (B,), z (B, K, C, D), z0 (B, D); step_b maps (params, (B, D), x_t) -> (B, D).
+
+  Time t sits at flat position offset + t of the (K, C) layout read as
+  t = c * K + k; with ``reverse`` the recurrence runs from t = length - 1 down.
+  """
   k = z.shape[1]
   need = ~jnp.all(ok)
   okm = ok[:, None]
@@ -33,23 +37,27 @@ def _fill(step_b, ok, z, params, z0, xs, length: int, x_batched):
     return need & (carry[0] < length)
 
   def body(carry):
-    t, zprev, z = carry
-    kk, cc = t % k, t // k
+    i, zprev, z = carry
+    t = length - 1 - i if reverse else i
+    kk, cc = (t + offset) % k, (t + offset) // k
     val = jnp.where(okm, z[:, kk, cc], step_b(params, zprev, x_at(t)))
-    return t + 1, val, z.at[:, kk, cc].set(val)
+    return i + 1, val, z.at[:, kk, cc].set(val)
 
   return lax.while_loop(cond, body, (jnp.int32(0), z0, z))[2]
 
 
-def sequential_fill(fz: Callable, ok, z, params, z0, xs, *, length: int):
+def sequential_fill(fz: Callable, ok, z, params, z0, xs, *, length: int, reverse: bool = False,
+                    offset: int = 0):
   """Returns z with the sequential solution of z_t = fz(params, z_{t-1}, x_t)
-  written in where ``ok`` is False (z in (K, C, D) layout)."""
+  (``reverse``: z_t = fz(params, z_{t+1}, x_t)) written in where ``ok`` is
+  False (z in (K, C, D) layout, time t at flat position offset + t)."""
 
   @jax.custom_batching.custom_vmap
   def fill(ok, z, params, z0, xs):
     x_flags = jax.tree_util.tree_map(lambda _: False, xs)
     step_b = jax.vmap(fz, in_axes=(None, 0, None))
-    return _fill(step_b, ok[None], z[None], params, z0[None], xs, length, x_flags)[0]
+    return _fill(step_b, ok[None], z[None], params, z0[None], xs, length, x_flags, reverse,
+                 offset)[0]
 
   @fill.def_vmap
   def _rule(axis_size, in_batched, ok, z, params, z0, xs):
@@ -59,6 +67,6 @@ def sequential_fill(fz: Callable, ok, z, params, z0, xs, *, length: int):
     p_axes = jax.tree_util.tree_map(lambda b: 0 if b else None, p_b)
     x_axes = jax.tree_util.tree_map(lambda b: 0 if b else None, x_b)
     step_b = jax.vmap(fz, in_axes=(p_axes, 0, x_axes), axis_size=axis_size)
-    return _fill(step_b, ok, z, params, z0, xs, length, x_b), True
+    return _fill(step_b, ok, z, params, z0, xs, length, x_b, reverse, offset), True
 
   return fill(ok, z, params, z0, xs)

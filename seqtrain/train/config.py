@@ -24,7 +24,11 @@ __all__ = ["ConfigError", "base_config", "load_config", "apply_overrides", "vali
            "SHAPE_FIELDS", "CONFIGS_DIR"]
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+# The solver's names, repeated so that reading a config does not import JAX
+# (tests/test_train.py checks they match seqtrain.solvers).
 METHODS = ("sequential", "deer", "quasi_deer", "elk", "quasi_elk")
+MODES = ("shoot", "store", "recompute")
+ADJOINTS = ("shoot", "dense", "quasi", "sequential", "approx")
 CELLS = ("gru", "lstm", "simple", "diag_gru", "diag_lstm")
 
 # Fields whose change makes a checkpoint unusable (parameter shapes, model or data meaning).
@@ -76,6 +80,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.solver.method = "quasi_deer"
   c.model.solver.max_iter = 0        # 0: the solver's default
   c.model.solver.on_failure = "sequential"  # sequential | return | raise
+  c.model.solver.mode = ""           # "": default (shoot) | shoot | store | recompute (deer methods)
+  c.model.solver.chunk = 0           # steps per chunk, 0: by sequence length
+  c.model.solver.adjoint = ""        # "": default (shoot) | dense | quasi | sequential | approx
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 16            # global, over all processes and devices
@@ -219,7 +226,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     elif isinstance(default, str):
       _check(isinstance(value, str), field, value, "expected a string")
   for field in ("seed", "data.max_length", "data.bucket_window", "train.warmup_steps",
-                "model.solver.max_iter"):
+                "model.solver.max_iter", "model.solver.chunk"):
     _check(_get(c, field) >= 0, field, _get(c, field), "must be >= 0")
   for field in ("model.width", "model.depth", "model.mlp_ratio", "train.batch_size",
                 "train.eval_batch_size", "train.steps", "train.log_every", "train.eval_every",
@@ -245,6 +252,10 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check(0.0 <= c.model.dropout < 1.0, "model.dropout", c.model.dropout, "must be in [0, 1)")
   _check(c.model.solver.method in METHODS, "model.solver.method", c.model.solver.method,
          f"expected one of {', '.join(METHODS)}")
+  _check(c.model.solver.mode in ("",) + MODES, "model.solver.mode", c.model.solver.mode,
+         f"expected one of {', '.join(MODES)} (or empty for the default)")
+  _check(c.model.solver.adjoint in ("",) + ADJOINTS, "model.solver.adjoint",
+         c.model.solver.adjoint, f"expected one of {', '.join(ADJOINTS)} (or empty for the default)")
   _check(c.model.solver.on_failure in ("sequential", "return", "raise"),
          "model.solver.on_failure", c.model.solver.on_failure,
          "expected sequential, return or raise")

@@ -38,6 +38,11 @@ def solver_options(config) -> dict:
   opts = {"on_failure": config.model.solver.on_failure}
   if config.model.solver.max_iter:
     opts["max_iter"] = int(config.model.solver.max_iter)
+  if config.model.solver.chunk:
+    opts["chunk"] = int(config.model.solver.chunk)
+  for field in ("mode", "adjoint"):
+    if config.model.solver[field]:
+      opts[field] = str(config.model.solver[field])
   return opts
 
 
