@@ -94,7 +94,8 @@ class ParallelRNN(nn.Module):
     options = dict(self.solver_options)
     if fns.diag is not None and "diag_jacobian" not in options:
       options["diag_jacobian"] = diag
-    proj = fns.project(params, xs_flat)
+    # Per-gate arrays for lax.scan, one stacked array for the chunked solvers.
+    proj = fns.project(params, xs_flat, method == "sequential")
 
     def one(h0, xp, v):
       return solve(step, params, h0, (xp, v), method, **options)

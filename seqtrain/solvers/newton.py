@@ -52,23 +52,27 @@ class NewtonStats(NamedTuple):
 
 
 def default_chunk(t: int, kind: str = "dense", mode: str = "store") -> int:
-  """Positions per chunk, balanced to minimise padding.
+  """Positions per chunk.
 
-  "shoot": about 2 sqrt(T), capped at 32.  Longer chunks mean fewer
-  iterations (errors of the starts contract over a whole chunk) but more
-  sequential steps per pass and, in the (C, K) layout, more strided reads.  On
-  a 2-core CPU (GRU, B=16, D=8, float32) K=8/16/32/64 took 63/47/47/52 ms
-  forward at T=10^4 (lax.scan 47) and 2007/1659/1753 ms (K=16/32/64) for the
-  gradient at T=10^5 (lax.scan 1591).
+  "shoot": about 2 sqrt(T), capped at 32, and a divisor of T where one lies
+  within a factor 2 of that (otherwise balanced to minimise padding).  Longer
+  chunks mean fewer iterations (errors of the starts contract over a whole
+  chunk) but more sequential steps per pass and, in the (C, K) layout, more
+  strided reads; padding costs copies of the inputs and the output.  On a
+  2-core CPU (ParallelRNN GRU, B=16, T=10^4, D=8, float32, forward) K=8 / 16 /
+  32 / 64 / 128 took 47 / 37 / 37 / 38 / 40 ms; K=25 (no padding) 31 ms
+  against 39 ms for K=32 (16 steps of padding).
 
-  Dense (DEER): about sqrt(T), capped at 128, which keeps the (C, D, D) chunk maps
-  small. Diagonal (quasi-DEER): at most 16. Each position is one sequential step of
-  the inner loop, while the chunk maps are only (C, D) vectors, so short chunks
-  trade loop steps for a cheap scan over more chunks: on a 2-core CPU (GRU, B=16,
-  T=10^4, D=8) 16 took 157-164 ms per solve against 263 ms for sqrt(T)=100.
+  Per-step modes: dense (DEER) about sqrt(T), capped at 128, which keeps the
+  (C, D, D) chunk maps small; diagonal (quasi-DEER) at most 16: on the same CPU
+  16 took 157-164 ms per solve against 263 ms for sqrt(T)=100.
   """
   if mode == "shoot":
-    k = max(1, min(32, int(math.ceil(2 * math.sqrt(t)))))
+    target = max(1, min(32, int(math.ceil(2 * math.sqrt(t)))))
+    divisors = [k for k in range(max(1, target // 2), min(t, 2 * target) + 1) if t % k == 0]
+    if divisors:
+      return min(divisors, key=lambda k: (abs(math.log(k / target)), -k))
+    k = target
   else:
     cap = 16 if kind == "diag" else 128
     k = max(1, min(cap, int(math.ceil(math.sqrt(t)))))
@@ -261,19 +265,22 @@ def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_it
     return jnp.where(bad, zold, jnp.clip(znew, -clip, clip)), bad
 
   def run_chunks(h, z):
-    """Trajectory z (C, K, D) from the starts h (C, D), and the chunks' Jacobian products."""
+    """Trajectory z (C, K, D) from the starts h (C, D), the chunks' Jacobian
+    products, and whether any state was reset."""
     def body(i, carry):
       zprev, p, z, bad = carry
       kk = k - 1 - i if reverse else i
       fx, a = lin_c(params, zprev, x_at(kk))
-      fx, bad_k = clean(fx, z[:, kk])
-      # A reset breaks the chain: its Jacobian is not that of the stored state.
-      rows_bad = jnp.any(bad_k, axis=-1)
-      a = jnp.where(rows_bad.reshape(rows_bad.shape + (1,) * (a.ndim - 1)) | ~jnp.isfinite(a),
-                    0, a)
-      return fx, ops.mm(a, p), z.at[:, kk].set(fx), bad | jnp.any(rows_bad)
+      # Elementwise (no per-step reductions: they cost 15% of a pass): a reset
+      # component keeps its old value and breaks the chain (its Jacobian row is
+      # not that of the stored state).
+      ok = jnp.isfinite(fx)
+      fx = jnp.where(ok, jnp.clip(fx, -clip, clip), z[:, kk])
+      a = jnp.where((ok[..., None] if a.ndim > ok.ndim else ok) & jnp.isfinite(a), a, 0)
+      return fx, ops.mm(a, p), z.at[:, kk].set(fx), bad | ~ok
 
-    return lax.fori_loop(0, k, body, (h, ops.eye(h), z, jnp.bool_(False)))[1:]
+    zprev, p, z, bad = lax.fori_loop(0, k, body, (h, ops.eye(h), z, jnp.zeros(h.shape, bool)))
+    return p, z, jnp.any(bad)
 
   def update(h, ends, p):
     """Newton step of the starts: H'_c = E_prev + P_prev (H'_prev - H_prev)."""
@@ -308,16 +315,25 @@ def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_it
   zero = jnp.zeros((), dtype)
   state = (jnp.int32(0), h, zc, zero, zero, jnp.int32(0), jnp.bool_(False))
   it, h, z, ratio, absr, resets, _ = lax.while_loop(cond, body, state)
-  # The returned trajectory holds the starts at chunk boundaries, so its
-  # residual is exactly the one measured (zero inside chunks).
-  if c > 1:
-    z = z.at[1:, 0].set(h[:-1]) if reverse else z.at[:-1, k - 1].set(h[1:])
-  z = z.reshape((c * k, 1) + z0.shape)
+  ok = ratio <= 1.0
   offset = pad if reverse else 0
   if fallback is not None:
-    z = sequential_fill(fallback, ratio <= 1.0, z, params, z0, xs, length=t, reverse=reverse,
-                        offset=offset)
-  return z[offset:offset + t, 0], NewtonStats(it, absr, ratio <= 1.0, resets)
+    z = sequential_fill(fallback, ok, z, params, z0, xc, length=t, reverse=reverse,
+                        offset=offset, chunk_major=True)
+  # A converged trajectory holds the starts at chunk boundaries, so its residual
+  # is exactly the one measured (zero inside chunks).  An elementwise select
+  # after the fallback (which rewrites failed sequences whole), not an update of
+  # the loop's buffer: that cost a copy of the trajectory.
+  if c > 1:
+    if reverse:  # chunk c's first position is where chunk c - 1 starts
+      hb, take = jnp.concatenate([h[:1], h[:-1]]), jnp.arange(c) > 0
+    else:  # chunk c's last position is where chunk c + 1 starts
+      hb, take = jnp.concatenate([h[1:], h[-1:]]), jnp.arange(c) < c - 1
+    at = take[:, None] & (jnp.arange(k) == last)[None, :]
+    if fallback is not None:
+      at = at & ok
+    z = jnp.where(at[..., None], hb[:, None, :], z)
+  return z.reshape((c * k,) + z0.shape)[offset:offset + t], NewtonStats(it, absr, ok, resets)
 
 
 def _rows(a, k: int, c: int, front: bool = False):
