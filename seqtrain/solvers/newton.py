@@ -250,11 +250,10 @@ def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_it
   # XLA:CPU spend more time transposing the inputs than in two whole passes.
   rows = lambda a: _rows(a, k, c, front=reverse)
   xc = jax.tree_util.tree_map(rows, xs)
-  x_at = lambda kk: jax.tree_util.tree_map(lambda a: a[:, kk], xc)
   first, last = (k - 1, 0) if reverse else (0, k - 1)   # positions in pass order
   linked = jnp.arange(c) != (c - 1 if reverse else 0)   # chunks whose start is unknown
 
-  def incoming(ends):
+  def incoming(ends, z0):
     """The start each chunk should have, given every chunk's end."""
     if reverse:
       return jnp.concatenate([ends[1:], z0[None]])
@@ -264,13 +263,13 @@ def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_it
     bad = ~jnp.isfinite(znew)
     return jnp.where(bad, zold, jnp.clip(znew, -clip, clip)), bad
 
-  def run_chunks(h, z):
+  def run_chunks(h, z, params, xc):
     """Trajectory z (C, K, D) from the starts h (C, D), the chunks' Jacobian
     products, and whether any state was reset."""
     def body(i, carry):
       zprev, p, z, bad = carry
       kk = k - 1 - i if reverse else i
-      fx, a = lin_c(params, zprev, x_at(kk))
+      fx, a = lin_c(params, zprev, jax.tree_util.tree_map(lambda v: v[:, kk], xc))
       # Elementwise (no per-step reductions: they cost 15% of a pass): a reset
       # component keeps its old value and breaks the chain (its Jacobian row is
       # not that of the stored state).
@@ -282,7 +281,7 @@ def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_it
     zprev, p, z, bad = lax.fori_loop(0, k, body, (h, ops.eye(h), z, jnp.zeros(h.shape, bool)))
     return p, z, jnp.any(bad)
 
-  def update(h, ends, p):
+  def update(h, ends, p, z0):
     """Newton step of the starts: H'_c = E_prev + P_prev (H'_prev - H_prev)."""
     if c == 1:
       return h
@@ -295,26 +294,44 @@ def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_it
     hnew, _ = clean(hnew, h[1:])
     return jnp.concatenate([z0[None], hnew])
 
-  def cond(state):
-    return ~state[-1]
-
-  def body(state):
-    n, h, z, _, _, resets, _ = state
-    p, z, bad = run_chunks(h, z)
+  def body(state, params, z0, xc):
+    n, h, z, _, _, resets, done = state
+    p, z, bad = run_chunks(h, z, params, xc)
     ends = z[:, last]
-    r = jnp.where(linked[:, None], jnp.abs(h - incoming(ends)), 0)
+    r = jnp.where(linked[:, None], jnp.abs(h - incoming(ends, z0)), 0)
     ratio = jnp.max(r / (atol + rtol * jnp.abs(h)))
     absr = jnp.max(r)
     stop = (ratio <= 1.0) | (n >= max_iter)
-    h = jnp.where(stop, h, update(h, ends, p))
+    h = jnp.where(stop, h, update(h, ends, p, z0))
+    # `done` sequences (only under vmap, see below) repeat their last pass with
+    # the same starts, so everything but the reset count comes out unchanged.
     return (n + (~stop).astype(jnp.int32), h, z, ratio, absr,
-            resets + bad.astype(jnp.int32), stop)
+            resets + (bad & ~done).astype(jnp.int32), stop)
+
+  # Under vmap a while_loop runs until every sequence stops and selects between
+  # old and new carries for all of them: a copy of the whole trajectory per
+  # iteration.  Here stopped sequences keep their starts instead, so their
+  # pass rewrites the same trajectory and nothing needs selecting.
+  @jax.custom_batching.custom_vmap
+  def solve_loop(state, params, z0, xc):
+    return lax.while_loop(lambda s: ~s[-1], lambda s: body(s, params, z0, xc), state)
+
+  @solve_loop.def_vmap
+  def _solve_loop_vmap(axis_size, in_batched, state, params, z0, xc):
+    s_b, p_b, z0_b, x_b = in_batched
+    bcast = lambda v, b: v if b else jnp.broadcast_to(v, (axis_size,) + v.shape)
+    state = jax.tree_util.tree_map(bcast, state, s_b)
+    z0 = bcast(z0, z0_b)
+    axes = lambda flags: jax.tree_util.tree_map(lambda b: 0 if b else None, flags)
+    body_b = jax.vmap(body, in_axes=(0, axes(p_b), 0, axes(x_b)), axis_size=axis_size)
+    out = lax.while_loop(lambda s: ~jnp.all(s[-1]), lambda s: body_b(s, params, z0, xc), state)
+    return out, jax.tree_util.tree_map(lambda _: True, out)
 
   zc = rows(zinit.astype(dtype))
-  h = jnp.where(linked[:, None], incoming(zc[:, last]), z0)
+  h = jnp.where(linked[:, None], incoming(zc[:, last], z0), z0)
   zero = jnp.zeros((), dtype)
   state = (jnp.int32(0), h, zc, zero, zero, jnp.int32(0), jnp.bool_(False))
-  it, h, z, ratio, absr, resets, _ = lax.while_loop(cond, body, state)
+  it, h, z, ratio, absr, resets, _ = solve_loop(state, params, z0, xc)
   ok = ratio <= 1.0
   offset = pad if reverse else 0
   if fallback is not None:
