@@ -75,32 +75,33 @@ class ParallelRNN(nn.Module):
     flat = lambda a: a.reshape((n,) + a.shape[len(batch_dims):])
     xs_flat = flat(x)
     carry_flat = jax.tree_util.tree_map(flat, carry0)
+    options = dict(self.solver_options)
+    # Per-gate arrays for lax.scan, one stacked array for the chunked solvers.
+    proj = fns.project(params, xs_flat, method == "sequential")
     if seq_lengths is None:
-      valid = jnp.ones((n, t), bool)
+      # Every step valid: no mask to read and select with at each step.
+      if fns.diag is not None and "diag_jacobian" not in options:
+        options["diag_jacobian"] = fns.diag
+      one = lambda h0, xp: solve(fns.step, params, h0, xp, method, **options)
+      carries, info = jax.vmap(one)(carry_flat, proj)  # leaves (N, T, ...)
     else:
       valid = jnp.arange(t)[None, :] < jnp.reshape(seq_lengths, (n, 1))
 
-    def step(p, h, inp):
-      x_t, v = inp
-      new = fns.step(p, h, x_t)
-      return jax.tree_util.tree_map(lambda a, b: jnp.where(v, a, b), new, h)
+      def step(p, h, inp):
+        x_t, v = inp
+        new = fns.step(p, h, x_t)
+        return jax.tree_util.tree_map(lambda a, b: jnp.where(v, a, b), new, h)
 
-    def diag(p, h, inp):
-      x_t, v = inp
-      new, d = fns.diag(p, h, x_t)
-      new = jax.tree_util.tree_map(lambda a, b: jnp.where(v, a, b), new, h)
-      return new, jax.tree_util.tree_map(lambda a: jnp.where(v, a, jnp.ones_like(a)), d)
+      def diag(p, h, inp):
+        x_t, v = inp
+        new, d = fns.diag(p, h, x_t)
+        new = jax.tree_util.tree_map(lambda a, b: jnp.where(v, a, b), new, h)
+        return new, jax.tree_util.tree_map(lambda a: jnp.where(v, a, jnp.ones_like(a)), d)
 
-    options = dict(self.solver_options)
-    if fns.diag is not None and "diag_jacobian" not in options:
-      options["diag_jacobian"] = diag
-    # Per-gate arrays for lax.scan, one stacked array for the chunked solvers.
-    proj = fns.project(params, xs_flat, method == "sequential")
-
-    def one(h0, xp, v):
-      return solve(step, params, h0, (xp, v), method, **options)
-
-    carries, info = jax.vmap(one)(carry_flat, proj, valid)  # leaves (N, T, ...)
+      if fns.diag is not None and "diag_jacobian" not in options:
+        options["diag_jacobian"] = diag
+      one = lambda h0, xp, v: solve(step, params, h0, (xp, v), method, **options)
+      carries, info = jax.vmap(one)(carry_flat, proj, valid)
     if not self.is_initializing():  # init's variables hold parameters only
       self.sow(self.stats_collection, "iterations", jnp.max(info.iterations))
       self.sow(self.stats_collection, "residual", jnp.max(info.residual))
