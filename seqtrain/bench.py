@@ -624,7 +624,7 @@ def _row_line(r: dict) -> str:
 # --------------------------------------------------------------------------------------------
 
 def run_check(*, T: int = 200, D: int = 8, batch: int = 3, cells: Sequence[str] = CELLS,
-              methods: Sequence[str] = SOLVER_METHODS + ("flax_rnn",), grad: bool = True,
+              methods: Sequence[str] = SOLVER_METHODS + tuple(PERSTEP_VARIANTS) + ("flax_rnn",), grad: bool = True,
               atol: float = 1e-4, grad_rtol: float = 1e-3,
               log: Log = _say) -> tuple[bool, list[dict]]:
   """Every method against sequential at a small size, float32.

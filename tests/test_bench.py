@@ -179,7 +179,10 @@ def test_scripts_parse_and_gpu_suite_is_wired():
   assert "set -euo pipefail" in text and "nvidia-smi" in text
   assert "--smoke) SMOKE=1" in text
   for flag in ("CHECK_ARGS=(--check --smoke)", "GRID_ARGS=(--smoke", "TRAIN_ARGS=(--smoke",
-               "STAB_ARGS=(--smoke"):
+               "STAB_ARGS=(--smoke", '--chunk "$K"', "quasi_deer_perstep"):
     assert flag in text
+  grid = argparse.ArgumentParser()
+  bench.add_grid_arguments(grid)
+  assert grid.parse_args(["--chunk", "16"]).chunk == 16 and grid.parse_args([]).chunk is None
   usage = subprocess.run(["bash", str(suite)], capture_output=True, text=True)
   assert usage.returncode == 2 and "usage" in usage.stderr
