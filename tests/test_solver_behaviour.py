@@ -196,3 +196,24 @@ def test_shoot_makes_early_chunks_exact():
   for i in range(3):
     hs, _ = solve(step, p, h0, xs, "quasi_deer", chunk=10, max_iter=i, on_failure="return")
     np.testing.assert_allclose(hs[:10 * (i + 1) - 1], ref[:10 * (i + 1) - 1], atol=1e-12)
+
+
+@pytest.mark.parametrize("bz,scale", [(3.0, 1.0), (5.0, 1.0), (3.0, 2.0)])
+def test_long_memory_gru_chunk_start_needs_no_more_iterations(bz, scale):
+  """Update gates biased towards keeping the state (z ~ 0.95-0.99, as in trained
+  long-memory GRUs) and stronger recurrent weights: chunks forget slowly, and the
+  chunk-start form still converges, in no more iterations than the per-step form."""
+  d, t = 8, 2000
+  p = gru_params(jax.random.PRNGKey(0), d, d, jnp.float32)
+  p = dict(p, bz=p["bz"] + bz, uz=p["uz"] * scale, ur=p["ur"] * scale, un=p["un"] * scale)
+  xs = jax.random.normal(jax.random.PRNGKey(1), (t, d), jnp.float32)
+  h0 = jnp.zeros(d, jnp.float32)
+  ref, _ = solve(gru_step, p, h0, xs, "sequential")
+  its = {}
+  for mode in ("shoot", "store"):
+    hs, info = jax.jit(lambda p: solve(gru_step, p, h0, xs, "quasi_deer", diag_jacobian=gru_diag,
+                                       on_failure="return", mode=mode))(p)
+    assert bool(info.converged), (mode, info)
+    assert float(jnp.max(jnp.abs(hs - ref))) < 1e-4
+    its[mode] = int(info.iterations)
+  assert its["shoot"] <= its["store"], its
