@@ -246,11 +246,13 @@ def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_it
   lin_c = jax.vmap(lin, in_axes=(None, 0, 0))
   pad = k * c - t
   # Layout (C, K, ...): chunk c holds rows [cK, cK + K), so going to and from
-  # it is a free reshape (plus padding); a transposed (K, C) layout made
-  # XLA:CPU spend more time transposing the inputs than in two whole passes.
+  # it is a free reshape (plus padding).  The transposed (K, C) layout reads
+  # contiguous rows per position but needs transposes of the inputs and the
+  # output: on a 2-core CPU (GRU B=16, T=10^4) 29-31 ms against 25 at D=8 and
+  # 206 against 190 ms at D=64.
   rows = lambda a: _rows(a, k, c, front=reverse)
   xc = jax.tree_util.tree_map(rows, xs)
-  first, last = (k - 1, 0) if reverse else (0, k - 1)   # positions in pass order
+  last = 0 if reverse else k - 1   # the position a pass visits last
   linked = jnp.arange(c) != (c - 1 if reverse else 0)   # chunks whose start is unknown
 
   def incoming(ends, z0):
