@@ -44,7 +44,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 __all__ = [
-    "SOLVER_METHODS", "PERSTEP_VARIANTS", "BASELINES", "GRID_METHODS", "environment_info", "device_slug",
+    "SOLVER_METHODS", "PERSTEP_VARIANTS", "BASELINES", "GRID_METHODS", "environment_info",
+    "device_slug",
     "default_out_dir", "compiled_memory", "time_calls", "run_grid", "run_check", "run_training",
     "run_stability", "write_json", "write_grid_report", "write_training_report",
     "write_stability_report", "write_check_report", "plot_grid", "summarize",
@@ -624,7 +625,8 @@ def _row_line(r: dict) -> str:
 # --------------------------------------------------------------------------------------------
 
 def run_check(*, T: int = 200, D: int = 8, batch: int = 3, cells: Sequence[str] = CELLS,
-              methods: Sequence[str] = SOLVER_METHODS + tuple(PERSTEP_VARIANTS) + ("flax_rnn",), grad: bool = True,
+              methods: Sequence[str] = SOLVER_METHODS + tuple(PERSTEP_VARIANTS) + ("flax_rnn",),
+              grad: bool = True,
               atol: float = 1e-4, grad_rtol: float = 1e-3,
               log: Log = _say) -> tuple[bool, list[dict]]:
   """Every method against sequential at a small size, float32.

@@ -127,3 +127,19 @@ def test_random_shapes(d, t, batch, method, chunk, mode, seed):
   assert bool(jnp.all(info.converged))
   assert float(jnp.max(jnp.abs(h - h_ref))) < 1e-8
   assert rel_err(g, g_ref) < 1e-6
+
+
+@pytest.mark.parametrize("opts", [dict(adjoint="quasi", max_iter=1),
+                                  dict(adjoint="shoot", max_iter=1, chunk=4)])
+def test_unconverged_adjoint_falls_back_to_the_exact_gradient(opts):
+  """max_iter=1 leaves the iterative adjoints unconverged: the sequential adjoint is
+  written in, under vmap, and the gradients are the exact ones."""
+  step, params, h0, xs = make_problem("gru", 5, 120, jnp.float64)
+  xb, hb = jnp.stack([xs, 3 * xs]), jnp.stack([h0, -h0])
+
+  def grad(method, **o):
+    f = lambda p: jnp.sum(jnp.sin(jax.vmap(lambda h, x: solve(step, p, h, x, method, **o)[0])(
+        hb, xb)))
+    return jax.jit(jax.grad(f))(params)
+
+  assert rel_err(grad("quasi_deer", **opts), grad("sequential")) < 1e-10

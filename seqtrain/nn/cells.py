@@ -67,8 +67,9 @@ def _x_gate(x, k: int, d: int):
 
 
 def _gru_fns(rec, rec_diag, names=("ir", "iz", "in")):
-  """GRU in Flax's convention with recurrent maps rec(p, h) -> (..., 3, D) for the
-  gates "r", "z", "n" (n's map carries the bias) and their diagonals rec_diag(p, gate)."""
+  """GRU in Flax's convention with recurrent maps rec(p, h) -> (..., 3 D) for the
+  gates "r", "z", "n" side by side (n's map carries the bias) and their diagonals
+  rec_diag(p, gate)."""
   def project(p, xs, split=True):
     return _gate_inputs([p[k] for k in names], xs, split)
 
@@ -104,7 +105,8 @@ _LSTM_GATES = ("i", "f", "g", "o")
 
 
 def _lstm_fns(rec, rec_diag):
-  """LSTM with recurrent maps rec(p, gate, h) and diagonals rec_diag(p, gate)."""
+  """LSTM with recurrent maps rec(p, h) -> (..., 4 D) for the gates i, f, g, o side
+  by side, and diagonals rec_diag(p, gate)."""
   def project(p, xs, split=True):
     return _gate_inputs([p["i" + g] for g in _LSTM_GATES], xs, split)
 

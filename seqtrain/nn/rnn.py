@@ -80,12 +80,10 @@ class ParallelRNN(nn.Module):
     proj = fns.project(params, xs_flat, method == "sequential")
     if seq_lengths is None:
       # Every step valid: no mask to read and select with at each step.
-      if fns.diag is not None and "diag_jacobian" not in options:
-        options["diag_jacobian"] = fns.diag
-      one = lambda h0, xp: solve(fns.step, params, h0, xp, method, **options)
-      carries, info = jax.vmap(one)(carry_flat, proj)  # leaves (N, T, ...)
+      step, diag, inputs = fns.step, fns.diag, proj
     else:
       valid = jnp.arange(t)[None, :] < jnp.reshape(seq_lengths, (n, 1))
+      inputs = (proj, valid)
 
       def step(p, h, inp):
         x_t, v = inp
@@ -98,10 +96,10 @@ class ParallelRNN(nn.Module):
         new = jax.tree_util.tree_map(lambda a, b: jnp.where(v, a, b), new, h)
         return new, jax.tree_util.tree_map(lambda a: jnp.where(v, a, jnp.ones_like(a)), d)
 
-      if fns.diag is not None and "diag_jacobian" not in options:
-        options["diag_jacobian"] = diag
-      one = lambda h0, xp, v: solve(step, params, h0, (xp, v), method, **options)
-      carries, info = jax.vmap(one)(carry_flat, proj, valid)
+    if fns.diag is not None and "diag_jacobian" not in options:
+      options["diag_jacobian"] = diag
+    one = lambda h0, xp: solve(step, params, h0, xp, method, **options)
+    carries, info = jax.vmap(one)(carry_flat, inputs)  # leaves (N, T, ...)
     if not self.is_initializing():  # init's variables hold parameters only
       self.sow(self.stats_collection, "iterations", jnp.max(info.iterations))
       self.sow(self.stats_collection, "residual", jnp.max(info.residual))

@@ -101,8 +101,17 @@ def input_gradients(fz: Callable, params, z0, zprev, xs, mu):
   return dparams, dzprev[0], dxs
 
 
-def shoot_adjoint(fz, lin, params, zprev, xs, g, *, kind, atol, rtol, max_iter,
-                  chunk=None, fallback=True):
+def _adjoint_step(fz):
+  """The adjoint recurrence in the w form (see ``shoot_adjoint``), one exact VJP a step:
+  (params, w_{t+1}, (g_t, zprev_t, x_t, ...)) -> w_t = J_t^T (g_t + w_{t+1})."""
+  def step(p, w_next, inp):
+    g_t, zp_t, x_t = inp[:3]
+    _, vjp = jax.vjp(lambda z: fz(p, z, x_t), zp_t)
+    return vjp(g_t + w_next)[0]
+  return step
+
+
+def shoot_adjoint(fz, lin, params, zprev, xs, g, *, kind, atol, rtol, max_iter, chunk=None):
   """Exact adjoint by the forward solver's own multiple-shooting Newton.
 
   With w_t = J_t^T mu_t the adjoint is the reverse-time linear recurrence
@@ -114,7 +123,7 @@ def shoot_adjoint(fz, lin, params, zprev, xs, g, *, kind, atol, rtol, max_iter,
   VJP per position, vectorised over chunks) and corrects the chunk boundaries
   with products of ``lin``'s Jacobians (diagonal or dense, transposed).  Being
   linear, it converges like the forward solve (typically 1-3 iterations); where
-  it does not, the sequential adjoint is written in (``fallback``).
+  it does not, the sequential adjoint is written in.
 
   Returns (mu, iterations, converged).
   """
@@ -122,11 +131,7 @@ def shoot_adjoint(fz, lin, params, zprev, xs, g, *, kind, atol, rtol, max_iter,
   scale = jnp.max(jnp.abs(g))
   scale = jnp.where(scale > 0, scale, jnp.ones_like(scale))
   gh = g / scale
-
-  def step(p, w_next, inp):
-    g_t, zp_t, x_t = inp[:3]
-    _, vjp = jax.vjp(lambda z: fz(p, z, x_t), zp_t)
-    return vjp(g_t + w_next)[0]
+  step = _adjoint_step(fz)
 
   if kind == "diag":
     # Diagonals once for all steps (O(T D)); dense blocks are formed per pass.
@@ -139,27 +144,18 @@ def shoot_adjoint(fz, lin, params, zprev, xs, g, *, kind, atol, rtol, max_iter,
 
   w, st = newton_solve(lin_t, params, jnp.zeros_like(g[0]), inputs, jnp.zeros_like(g),
                        length=t, kind=kind, atol=atol, rtol=rtol, max_iter=max_iter, chunk=chunk,
-                       mode="shoot", reverse=True, fallback=step if fallback else None)
+                       mode="shoot", reverse=True, fallback=step)
   return (gh + _shift_next(w)) * scale, st.iterations, st.converged
 
 
 def sequential_adjoint_fill(fz, ok, mu, params, zprev, xs, g):
   """``mu`` where the iterative adjoint converged, else the exact sequential adjoint.
 
-  Runs (for a whole batch, once) only when some sequence failed; see fallback.py.
+  The sequential w recurrence of ``_adjoint_step`` runs backwards in place
+  (no reversed copies of the inputs), for a whole batch once, and only when
+  some sequence failed; see fallback.py.
   """
   t = g.shape[0]
-  rev = lambda a: a[::-1]
-  # Reverse time: step tau = T-1-t consumes g_t and the linearisation point of
-  # step t+1 (zprev_{t+1}, x_{t+1}); the last time step has no successor.
-  inputs = (rev(g), rev(_shift_next(zprev)), jax.tree_util.tree_map(lambda a: rev(_shift_next(a)), xs),
-            jnp.arange(t) > 0)
-
-  def step(p, mu_next, inp):
-    g_t, zp_next, x_next, has_next = inp
-    _, vjp = jax.vjp(lambda z: fz(p, z, x_next), zp_next)
-    return g_t + jnp.where(has_next, vjp(mu_next)[0], 0)
-
-  filled = sequential_fill(step, ok, rev(mu)[:, None], params, jnp.zeros_like(g[0]), inputs,
-                           length=t)
-  return rev(filled[:, 0])
+  w = sequential_fill(_adjoint_step(fz), ok, jnp.zeros_like(g)[:, None], params,
+                      jnp.zeros_like(g[0]), (g, zprev, xs), length=t, reverse=True)[:, 0]
+  return jnp.where(ok, mu, g + _shift_next(w))

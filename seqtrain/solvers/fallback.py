@@ -19,6 +19,17 @@ import jax.numpy as jnp
 from jax import lax
 
 
+def broadcast_unbatched(axis_size: int, tree, flags):
+  """In a custom_vmap rule: gives every leaf that is not batched a leading batch axis."""
+  return jax.tree_util.tree_map(
+      lambda v, b: v if b else jnp.broadcast_to(v, (axis_size,) + jnp.shape(v)), tree, flags)
+
+
+def vmap_axes(flags):
+  """In a custom_vmap rule: vmap in_axes (0 or None per leaf) from the batched flags."""
+  return jax.tree_util.tree_map(lambda b: 0 if b else None, flags)
+
+
 def _fill(step_b, ok, z, params, z0, xs, length: int, x_batched, reverse=False, offset=0,
           chunk_major=False):
   """ok (B,), z (B, K, C, D) (``chunk_major``: (B, C, K, D), and xs likewise),
@@ -69,11 +80,8 @@ def sequential_fill(fz: Callable, ok, z, params, z0, xs, *, length: int, reverse
   @fill.def_vmap
   def _rule(axis_size, in_batched, ok, z, params, z0, xs):
     ok_b, z_b, p_b, z0_b, x_b = in_batched
-    bcast = lambda a, b: a if b else jnp.broadcast_to(a, (axis_size,) + a.shape)
-    ok, z, z0 = bcast(ok, ok_b), bcast(z, z_b), bcast(z0, z0_b)
-    p_axes = jax.tree_util.tree_map(lambda b: 0 if b else None, p_b)
-    x_axes = jax.tree_util.tree_map(lambda b: 0 if b else None, x_b)
-    step_b = jax.vmap(fz, in_axes=(p_axes, 0, x_axes), axis_size=axis_size)
+    ok, z, z0 = broadcast_unbatched(axis_size, (ok, z, z0), (ok_b, z_b, z0_b))
+    step_b = jax.vmap(fz, in_axes=(vmap_axes(p_b), 0, vmap_axes(x_b)), axis_size=axis_size)
     return _fill(step_b, ok, z, params, z0, xs, length, x_b, reverse, offset, chunk_major), True
 
   return fill(ok, z, params, z0, xs)

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from seqtrain.solvers.fallback import sequential_fill
+from seqtrain.solvers.fallback import broadcast_unbatched, sequential_fill, vmap_axes
 from seqtrain.solvers.scan import linear_scan, ops_for
 
 
@@ -86,11 +86,7 @@ def gather_time(xs, idx):
 
 def to_chunks(z, k: int, c: int):
   """(T, D) -> (K, C, D), padding the tail by repeating the last state."""
-  t = z.shape[0]
-  pad = k * c - t
-  if pad:
-    z = jnp.concatenate([z, jnp.broadcast_to(z[-1:], (pad,) + z.shape[1:])])
-  return jnp.swapaxes(z.reshape((c, k) + z.shape[1:]), 0, 1)
+  return jnp.swapaxes(_rows(z, k, c), 0, 1)
 
 
 def from_chunks(zc, t: int):
@@ -321,11 +317,8 @@ def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_it
   @solve_loop.def_vmap
   def _solve_loop_vmap(axis_size, in_batched, state, params, z0, xc):
     s_b, p_b, z0_b, x_b = in_batched
-    bcast = lambda v, b: v if b else jnp.broadcast_to(v, (axis_size,) + v.shape)
-    state = jax.tree_util.tree_map(bcast, state, s_b)
-    z0 = bcast(z0, z0_b)
-    axes = lambda flags: jax.tree_util.tree_map(lambda b: 0 if b else None, flags)
-    body_b = jax.vmap(body, in_axes=(0, axes(p_b), 0, axes(x_b)), axis_size=axis_size)
+    state, z0 = broadcast_unbatched(axis_size, (state, z0), (s_b, z0_b))
+    body_b = jax.vmap(body, in_axes=(0, vmap_axes(p_b), 0, vmap_axes(x_b)), axis_size=axis_size)
     out = lax.while_loop(lambda s: ~jnp.all(s[-1]), lambda s: body_b(s, params, z0, xc), state)
     return out, jax.tree_util.tree_map(lambda _: True, out)
 
