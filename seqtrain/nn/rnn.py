@@ -11,7 +11,7 @@ from flax.core import FrozenDict
 from flax.linen.recurrent import flip_sequences
 
 from seqtrain.nn.cells import cell_functions
-from seqtrain.solvers import canonical_method, solve
+from seqtrain.solvers import canonical_method, resolve_method, solve
 
 
 class ParallelRNN(nn.Module):
@@ -22,14 +22,16 @@ class ParallelRNN(nn.Module):
 
   Attributes:
     cell: any ``flax.linen.RNNCellBase``.
-    method: solver method (see ``seqtrain.solvers.METHODS``).
+    method: solver method (see ``seqtrain.solvers.METHODS``); "auto" (default)
+      picks the fastest exact one for the backend and length
+      (``seqtrain.solvers.resolve_method``).
     solver_options: keyword options for ``solve`` (tolerances, max_iter, ...).
     stats_collection: Flax collection that receives the solver diagnostics
       (iterations, residual, converged, fallback), one entry per call; made
       mutable by the caller, e.g. ``apply(..., mutable=["solver_stats"])``.
   """
   cell: nn.RNNCellBase
-  method: str = "quasi_deer"
+  method: str = "auto"
   solver_options: Mapping[str, Any] = FrozenDict()
   time_major: bool = False
   return_carry: bool = False
@@ -57,6 +59,7 @@ class ParallelRNN(nn.Module):
       raise ValueError(f"inputs need a time and a feature axis, got shape {inputs.shape}")
     x = jnp.moveaxis(inputs, 0, -2) if time_major else inputs  # (*batch, T, F)
     batch_dims, t, feat = x.shape[:-2], x.shape[-2], x.shape[-1]
+    method = resolve_method(method, t)
     if reverse:
       x = flip_sequences(x, seq_lengths, num_batch_dims=len(batch_dims), time_major=False)
 

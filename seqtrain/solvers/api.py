@@ -19,6 +19,12 @@ from seqtrain.solvers.newton import MODES, newton_solve
 
 METHODS = ("sequential", "deer", "quasi_deer", "elk", "quasi_elk")
 ALIASES = {"ike": "elk", "quasi_ike": "quasi_elk"}
+AUTO = "auto"
+# Shortest sequence at which the parallel method beats lax.scan, per platform
+# (None: never).  Measured tables: README "Choosing a method" and
+# benchmarks/results/; gpu_suite.sh re-measures the GPU rows.
+CROSSOVER = {"cpu": None, "gpu": 256, "cuda": 256, "rocm": 256, "tpu": 256}
+PARALLEL_DEFAULT = "quasi_deer"
 ON_FAILURE = ("sequential", "return", "raise")
 INITS = ("zeros", "warm")
 
@@ -56,11 +62,25 @@ def default_tolerances(dtype) -> tuple[float, float]:
 
 
 def canonical_method(method: str) -> str:
+  """The method's canonical name ("auto" stays "auto": see ``resolve_method``)."""
   name = ALIASES.get(method, method)
-  if name not in METHODS:
-    valid = ", ".join(METHODS + tuple(ALIASES))
+  if name not in METHODS + (AUTO,):
+    valid = ", ".join((AUTO,) + METHODS + tuple(ALIASES))
     raise ValueError(f"unknown solver method {method!r}; valid methods: {valid}")
   return name
+
+
+def resolve_method(method: str, length: int, backend: str | None = None) -> str:
+  """The method that runs: ``method`` itself, or for "auto" the fastest exact
+  method for the platform and sequence length (``CROSSOVER``): lax.scan where
+  the parallel solver cannot pay (CPU; short sequences), quasi-DEER otherwise.
+  Static: decided at trace time from the backend and the shapes."""
+  name = canonical_method(method)
+  if name != AUTO:
+    return name
+  platform = (backend or jax.default_backend()).lower()
+  crossover = CROSSOVER.get(platform, CROSSOVER["gpu"])
+  return PARALLEL_DEFAULT if crossover is not None and length >= crossover else "sequential"
 
 
 def _sequence_length(xs, length):
@@ -90,7 +110,7 @@ def _raise_on_failure(converged, residual, iterations, method):
         f"{int(np.max(iterations))} iterations (on_failure='raise')")
 
 
-def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "quasi_deer", *,
+def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *,
           length: int | None = None,
           atol: float | None = None, rtol: float | None = None, max_iter: int = 100,
           init: Any = "zeros", on_failure: str = "sequential",
@@ -108,7 +128,7 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "quasi_de
     h0: initial state pytree (differentiable).
     xs: pytree of inputs with leading time axis T (differentiable), or None
       with ``length``.
-    method: "sequential" (lax.scan), "deer" (Newton, dense Jacobian),
+    method: "auto" (see ``resolve_method``), "sequential" (lax.scan), "deer" (Newton, dense Jacobian),
       "quasi_deer" (diagonal Jacobian), "elk" (damped, dense), "quasi_elk"
       (damped, diagonal); "ike"/"quasi_ike" are aliases of the damped ones.
     atol, rtol: per-step residual tolerance |r_t| <= atol + rtol |h_t|
@@ -154,6 +174,7 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "quasi_de
   if max_iter < 0:
     raise ValueError(f"max_iter must be >= 0, got {max_iter}")
   t = _sequence_length(xs, length)
+  method = resolve_method(method, t)
   z0, unravel = ravel_pytree(h0)
   if not jnp.issubdtype(z0.dtype, jnp.floating):
     raise TypeError(f"the state must be floating point, got {z0.dtype}")
