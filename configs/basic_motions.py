@@ -1,7 +1,9 @@
 """BasicMotions (bundled): 6-channel smart-watch motion, length 100, 4 classes.
 
-The README quick start. Variants: ``:tiny`` (a 20-step smoke run), ``:deer``,
-``:sequential`` (the same model with another solver).
+The README quick start. The solver is the default "auto" (lax.scan on CPU and
+for short sequences, quasi-DEER from the platform's crossover length on).
+Variants: ``:tiny`` (a 20-step smoke run), ``:deer``, ``:quasi_deer``,
+``:sequential``, ... (the same model with a named solver).
 """
 from seqtrain.train.config import base_config
 
@@ -14,7 +16,6 @@ def get_config(arg=None):
   c.model.width = 32
   c.model.depth = 2
   c.model.cell = "gru"
-  c.model.solver.method = "quasi_deer"
   c.train.batch_size = 16
   c.train.eval_batch_size = 40
   c.train.steps = 300

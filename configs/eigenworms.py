@@ -3,8 +3,9 @@
 Needs the download first: ``seqtrain data download EigenWorms``.
 Model: encoder 6->32, 5 x [LayerNorm -> GRU(32) -> residual -> LayerNorm -> MLP ->
 residual], per-step logits averaged over time; Adam lr 3e-5, global-norm clip 1.0,
-batch 4 (docs: method.md, "Training recipe"). Variants: a solver method name
-(``:deer``, ``:sequential``, ...).
+batch 4 (docs: method.md, "Training recipe"). The solver is the default "auto"
+(quasi-DEER on GPU/TPU at this length, lax.scan on CPU where it is faster);
+variants name one (``:quasi_deer``, ``:deer``, ``:sequential``, ...).
 """
 from seqtrain.train.config import base_config
 
@@ -19,7 +20,6 @@ def get_config(arg=None):
   c.model.cell = "gru"
   c.model.mlp_ratio = 1
   c.model.pooling = "mean_logits"
-  c.model.solver.method = "quasi_deer"
   c.train.batch_size = 4
   c.train.eval_batch_size = 4
   c.train.steps = 20000

@@ -46,7 +46,7 @@ class _SolverOptionsFrozen:
 class ResidualBlock(_SolverOptionsFrozen, nn.Module):
   width: int
   cell: str = "gru"
-  method: str = "quasi_deer"
+  method: str = "auto"
   solver_options: Mapping[str, Any] = FrozenDict()
   mlp_ratio: int = 1
   dropout: float = 0.0
@@ -66,12 +66,17 @@ class ResidualBlock(_SolverOptionsFrozen, nn.Module):
 
 
 class SequenceClassifier(_SolverOptionsFrozen, nn.Module):
-  """Inputs (B, T, F) (+ lengths (B,)) -> logits (B, num_classes)."""
+  """Inputs (B, T, F) (+ lengths (B,)) -> logits (B, num_classes).
+
+  ``method``: the solver of every recurrent layer; "auto" (default) picks the
+  fastest exact one for the backend and the padded length T at trace time
+  (``seqtrain.solvers.resolve_method``).
+  """
   num_classes: int
   width: int = 32
   depth: int = 2
   cell: str = "gru"
-  method: str = "quasi_deer"
+  method: str = "auto"
   solver_options: Mapping[str, Any] = FrozenDict()
   pooling: str = "mean"
   mlp_ratio: int = 1

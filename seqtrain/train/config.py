@@ -25,8 +25,10 @@ __all__ = ["ConfigError", "base_config", "load_config", "apply_overrides", "vali
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 # The solver's names, repeated so that reading a config does not import JAX
-# (tests/test_train.py checks they match seqtrain.solvers).
+# (tests/test_train.py checks they match seqtrain.solvers; canonical_method there).
 METHODS = ("sequential", "deer", "quasi_deer", "elk", "quasi_elk")
+ALIASES = {"ike": "elk", "quasi_ike": "quasi_elk"}
+AUTO = "auto"   # resolved when the model is traced: seqtrain.solvers.resolve_method
 MODES = ("shoot", "store", "recompute")
 ADJOINTS = ("shoot", "dense", "quasi", "sequential", "approx")
 CELLS = ("gru", "lstm", "simple", "diag_gru", "diag_lstm")
@@ -77,7 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.mlp_ratio = 2
   c.model.dropout = 0.0
   c.model.solver = ml_collections.ConfigDict()
-  c.model.solver.method = "quasi_deer"
+  c.model.solver.method = "auto"     # auto: by backend and length (resolve_method) | METHODS
   c.model.solver.max_iter = 0        # 0: the solver's default
   c.model.solver.on_failure = "sequential"  # sequential | return | raise
   c.model.solver.mode = ""           # "": default (shoot) | shoot | store | recompute (deer methods)
@@ -250,8 +252,9 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check(c.model.pooling in ("mean", "last", "mean_logits"), "model.pooling", c.model.pooling,
          "expected mean, last or mean_logits")
   _check(0.0 <= c.model.dropout < 1.0, "model.dropout", c.model.dropout, "must be in [0, 1)")
-  _check(c.model.solver.method in METHODS, "model.solver.method", c.model.solver.method,
-         f"expected one of {', '.join(METHODS)}")
+  _check(ALIASES.get(c.model.solver.method, c.model.solver.method) in METHODS + (AUTO,),
+         "model.solver.method", c.model.solver.method,
+         f"expected one of {', '.join(METHODS)} or {AUTO} (aliases: {', '.join(ALIASES)})")
   _check(c.model.solver.mode in ("",) + MODES, "model.solver.mode", c.model.solver.mode,
          f"expected one of {', '.join(MODES)} (or empty for the default)")
   _check(c.model.solver.adjoint in ("",) + ADJOINTS, "model.solver.adjoint",

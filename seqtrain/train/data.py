@@ -12,7 +12,7 @@ from seqtrain.data import pipeline, sources
 from seqtrain.data.pipeline import Normalizer, ShardInfo
 from seqtrain.data.ts import DataFormatError
 
-__all__ = ["Subset", "DataBundle", "build_data", "data_signature"]
+__all__ = ["Subset", "DataBundle", "build_data", "data_signature", "train_pad_lengths"]
 
 
 class Subset:
@@ -123,6 +123,17 @@ def train_iterator(bundle: DataBundle, config, shard: ShardInfo):
                               bucket_window=d.bucket_window, max_length=d.max_length or None,
                               read_threads=d.read_threads)
   return iter(ds)
+
+
+def train_pad_lengths(bundle: DataBundle, config) -> list[int]:
+  """Every padded length T that the training stream can feed the model, sorted (one
+  without bucketing: the longest, cropped, training series)."""
+  d = config.data
+  lengths = np.asarray(bundle.train.lengths)
+  if d.max_length:
+    lengths = np.minimum(lengths, d.max_length)
+  pad_of = pipeline.pad_length_fn(lengths, d.bucket_boundaries or None)
+  return sorted({pad_of(int(n)) for n in np.unique(lengths)})
 
 
 def eval_batches(source, bundle: DataBundle, config, shard: ShardInfo):

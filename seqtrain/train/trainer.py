@@ -33,7 +33,7 @@ from seqtrain.train.checkpoint import Checkpoints, abstract_like
 from seqtrain.train.metrics import EvalMetrics, TrainWindow, eval_batch_metrics
 from seqtrain.train.writers import MetricWriters, Progress
 
-__all__ = ["train_and_evaluate", "TrainingError", "evaluate_split", "ResumeError"]
+__all__ = ["train_and_evaluate", "TrainingError", "evaluate_split", "ResumeError", "solver_plan"]
 
 log = logging.getLogger("seqtrain")
 
@@ -129,6 +129,28 @@ def evaluate_split(eval_fn, params, source, bundle, config, mesh, shard) -> dict
   return metrics
 
 
+def _lengths_text(lengths) -> str:
+  lengths = sorted(lengths)
+  if len(lengths) <= 6:
+    return ",".join(str(t) for t in lengths)
+  return f"{lengths[0]}..{lengths[-1]} ({len(lengths)} lengths)"
+
+
+def solver_plan(method: str, lengths, backend: str | None = None) -> tuple[dict, str]:
+  """The method that runs at each padded length, and the console line saying so, e.g.
+  ``solver: auto -> sequential (cpu, T=100)`` ("auto" resolves at trace time from
+  the backend and T: ``seqtrain.solvers.resolve_method``)."""
+  from seqtrain.solvers import resolve_method
+  backend = (backend or jax.default_backend()).lower()
+  by_length = {int(t): resolve_method(method, int(t), backend) for t in lengths}
+  groups: dict[str, list[int]] = {}
+  for t, name in sorted(by_length.items()):
+    groups.setdefault(name, []).append(t)
+  head = "" if groups.keys() == {method} else f"{method} -> "
+  body = ", ".join(f"{name} ({backend}, T={_lengths_text(ts)})" for name, ts in groups.items())
+  return by_length, f"solver: {head}{body}"
+
+
 def _solver_summary(metrics: dict) -> dict:
   iters = [float(v) for k, v in metrics.items() if k.endswith("/iterations")]
   fallbacks = [float(v) for k, v in metrics.items() if k.endswith("/fallbacks")]
@@ -159,7 +181,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
   if not os.access(workdir, os.W_OK):
     raise PermissionError(f"workdir {workdir} is not writable")
   config_text = _check_resume(workdir, config, allow_config_change)
-  progress = Progress(config.train.steps, active=primary)
+  # steps/s and ETA over the last few log intervals of active time (see writers.StepRate)
+  progress = Progress(config.train.steps, active=primary,
+                      window=max(5 * config.train.log_every, 10))
   say = progress.print
 
   # --- mesh ---------------------------------------------------------------------------------
@@ -188,8 +212,12 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
   abstract = jax.eval_shape(init)
   state_sharding = jax.tree.map(lambda _: replicated, abstract)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+  solver_by_length, solver_line = solver_plan(config.model.solver.method,
+                                              data_lib.train_pad_lengths(bundle, config))
+  solver_ran = "/".join(dict.fromkeys(solver_by_length.values()))
   say(f"model: {config.model.depth} x {config.model.cell.upper()}-{config.model.width}, "
-      f"{n_params:,} parameters, solver {config.model.solver.method}")
+      f"{n_params:,} parameters, solver {solver_ran}")
+  say(solver_line)
 
   checkpoints = Checkpoints(workdir, keep=config.train.keep_checkpoints)
   best_accuracy, best_loss = -1.0, float("inf")
@@ -218,8 +246,14 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
   def run_step(state, batch):
     key = tuple((k, v.shape) for k, v in batch.items())
     if key not in compiled:
+      length = int(batch["inputs"].shape[1])
+      if length not in solver_by_length:  # not foreseen by train_pad_lengths: say what runs
+        extra, line = solver_plan(config.model.solver.method, [length])
+        solver_by_length.update(extra)
+        say(line)
       t0 = time.perf_counter()
-      compiled[key] = train_step.lower(state, batch).compile()
+      with progress.paused():
+        compiled[key] = train_step.lower(state, batch).compile()
       if len(compiled) == 1:
         mem = compiled[key].memory_analysis()
         detail = ""
@@ -234,6 +268,10 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
   if primary:
     config_lib.write_json_atomic(workdir / "config.json", config_text)
   writers = MetricWriters(workdir, active=primary)
+  solver_info = {"method": config.model.solver.method, "resolved": solver_ran,
+                 "backend": jax.default_backend(),
+                 "by_length": {str(t): m for t, m in sorted(solver_by_length.items())}}
+  writers.write_info(start_step, "solver", solver_info, text=solver_line)
   train_iter = data_lib.train_iterator(bundle, config, shard)
   if data_state is not None:
     train_iter.set_state(data_state)
@@ -260,13 +298,18 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
       window = list(history)
       mean = {k: float(v) for k, v in window_metrics[0].compute().items()}
       window_metrics[0] = None
+      rate = progress.rate()
       writers.write(step, "train", {**mean, "grad_norm": m["grad_norm"],
                                     "learning_rate": m["learning_rate"],
-                                    "steps_per_second": progress.rate(step),
+                                    **({"steps_per_second": rate} if rate == rate else {}),
                                     "skipped": sum(h["skipped"] for h in window),
                                     **{k: v for k, v in m.items() if "/" in k}})
       say(progress.line(step, {"loss": mean["loss"], "acc": mean["accuracy"],
                                **_solver_summary(m), "lr": m["learning_rate"]}))
+    # The step has finished (its metrics are on the host). Ticking after the logging
+    # leaves one-time costs of the first report (writers warming up) in the first
+    # interval, which StepRate never counts.
+    progress.tick(step)
 
   def checkpoint(step, which="latest"):
     meta = {"step": step, "data_state": train_iter.get_state(), "best_accuracy": best_accuracy,
@@ -285,8 +328,6 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
     while step < total and (stop_after is None or steps_run < stop_after):
       batch = mesh_lib.host_to_global(next(train_iter), mesh)
       state, metrics = run_step(state, batch)
-      if step == start_step:
-        progress.reset_clock(step)
       step += 1
       steps_run += 1
       if pending is not None:
@@ -302,8 +343,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
       if is_time(step, config.train.eval_every, total):
         report(*pending)
         pending = None
-        last_eval = evaluate_split(eval_fn, state.params, bundle.validation, bundle, config, mesh,
-                                   shard)
+        with progress.paused():   # not training time: kept out of steps/s and the ETA
+          last_eval = evaluate_split(eval_fn, state.params, bundle.validation, bundle, config,
+                                     mesh, shard)
         # best = highest validation accuracy, ties broken by lower validation loss
         improved = (last_eval["accuracy"], -last_eval["loss"]) > (best_accuracy, -best_loss)
         if improved:
@@ -316,9 +358,14 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
             f"(best {best_accuracy:.4f}), loss {last_eval['loss']:.4f}, "
             f"{last_eval['count']} examples")
         if improved:
-          checkpoint(step, "best")
+          with progress.paused():
+            checkpoint(step, "best")
       if is_time(step, config.train.checkpoint_every, total):
-        checkpoint(step)
+        if pending is not None:  # the step's own time counts as training, the save does not
+          report(*pending)
+          pending = None
+        with progress.paused():
+          checkpoint(step)
       if preemption.reached(step):
         say(f"termination signal: saving a checkpoint at step {step} and stopping")
         checkpoint(step)
@@ -345,7 +392,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
   # --- final evaluation ---------------------------------------------------------------------
   result = {"step": step, "best_validation_accuracy": best_accuracy,
             "train_seconds": loop_time, "preempted": preempted,
-            "steps_per_second": steps_run / loop_time if loop_time > 0 else float("nan")}
+            "steps_per_second": steps_run / loop_time if loop_time > 0 else float("nan"),
+            "recent_steps_per_second": progress.rate(), "solver": solver_info}
   if step >= total:
     checkpoint(step)
     checkpoints.wait_checked()

@@ -6,14 +6,16 @@ TensorFlow at module load and are not used.
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Mapping, TextIO
+from typing import Any, Callable, Mapping, TextIO
 
-__all__ = ["MetricWriters", "Progress", "read_metrics"]
+__all__ = ["MetricWriters", "Progress", "StepRate", "read_metrics"]
 
 
 def _finite_or_str(v):
@@ -45,6 +47,17 @@ class MetricWriters:
     if self._tb is not None:
       for k, v in scalars.items():
         self._tb.add_scalar(f"{kind}/{k}", float(v), int(step))
+
+  def write_info(self, step: int, kind: str, fields: Mapping[str, Any], text: str = ""):
+    """A one-time record of non-scalar facts (strings, lists) in ``metrics.jsonl``;
+    ``text`` also goes to TensorBoard's text tab as ``kind``."""
+    if not self.active:
+      return
+    record = {"step": int(step), "kind": kind, "time": round(time.time(), 3)}
+    record.update(fields)
+    self._jsonl.write(json.dumps(record, default=str) + "\n")
+    if self._tb is not None and text:
+      self._tb.add_text(kind, text, int(step))
 
   def flush(self):
     if self._jsonl is not None:
@@ -89,29 +102,88 @@ def _duration(seconds: float) -> str:
   return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-class Progress:
-  """One console line per logging step: steps/s, ETA, and the given metrics."""
+class StepRate:
+  """Recent steps/s: finished steps over the *active* time of the last ``window`` steps.
 
-  def __init__(self, total_steps: int, start_step: int = 0, active: bool = True,
-               stream: TextIO | None = None):
+  ``tick(step)`` when step ``step`` has finished (its outputs fetched). The first tick
+  only sets the origin: the first step of a run carries compilation and input
+  pipeline warm-up. Time spent inside ``with paused():`` (validation, checkpoints,
+  compiling a new batch shape) is not active time. Only the last ``window`` steps
+  count, so the rate follows a step time that changes during training (e.g. solver
+  iterations growing) instead of averaging since the start.
+  """
+
+  def __init__(self, window: int = 100, clock: Callable[[], float] = time.perf_counter):
+    if window < 1:
+      raise ValueError(f"window must be >= 1, got {window}")
+    self.clock = clock
+    self._samples: collections.deque = collections.deque(maxlen=window + 1)  # (step, active s)
+    self._paused_total = 0.0
+    self._pause_start: float | None = None
+
+  def _active(self, now: float) -> float:
+    return now - self._paused_total
+
+  @contextlib.contextmanager
+  def paused(self):
+    """Time inside is excluded (nested uses count once)."""
+    if self._pause_start is not None:
+      yield
+      return
+    self._pause_start = self.clock()
+    try:
+      yield
+    finally:
+      self._paused_total += self.clock() - self._pause_start
+      self._pause_start = None
+
+  def tick(self, step: int):
+    active = self._active(self.clock())
+    if self._samples and step <= self._samples[-1][0]:
+      self._samples.clear()   # steps went back (a restart): start a new origin
+    self._samples.append((int(step), active))
+
+  def rate(self) -> float:
+    """Steps per active second over the window; nan before two ticks."""
+    if len(self._samples) < 2:
+      return float("nan")
+    (s0, a0), (s1, a1) = self._samples[0], self._samples[-1]
+    return (s1 - s0) / (a1 - a0) if a1 > a0 else float("nan")
+
+  def eta(self, step: int, total: int) -> float:
+    """Seconds of training left at the recent rate (validation / checkpoints not included)."""
+    rate = self.rate()
+    return (total - step) / rate if rate == rate and rate > 0 else float("nan")
+
+
+class Progress:
+  """One console line per logging step: recent steps/s, ETA, and the given metrics.
+
+  The rate and ETA come from a :class:`StepRate` over the last ``window`` steps:
+  call ``tick(step)`` after every finished step and run pauses (validation,
+  checkpoints, compilation) inside ``with progress.paused():``.
+  """
+
+  def __init__(self, total_steps: int, active: bool = True,
+               stream: TextIO | None = None, window: int = 100,
+               clock: Callable[[], float] = time.perf_counter):
     self.total = total_steps
     self.active = active
     self.stream = stream
-    self._t0 = time.perf_counter()
-    self._s0 = start_step
+    self.steps = StepRate(window, clock)
 
-  def reset_clock(self, step: int):
-    """Starts the steps/s clock after compilation."""
-    self._t0 = time.perf_counter()
-    self._s0 = step
+  def tick(self, step: int):
+    self.steps.tick(step)
 
-  def rate(self, step: int) -> float:
-    dt = time.perf_counter() - self._t0
-    return (step - self._s0) / dt if dt > 0 and step > self._s0 else float("nan")
+  def paused(self):
+    return self.steps.paused()
+
+  def rate(self) -> float:
+    return self.steps.rate()
 
   def line(self, step: int, metrics: Mapping[str, float]) -> str:
-    rate = self.rate(step)
-    eta = (self.total - step) / rate if rate == rate and rate > 0 else float("nan")
+    rate = self.steps.rate()
+    eta = self.steps.eta(step, self.total)
     width = len(str(self.total))
     parts = [f"step {step:>{width}}/{self.total}", f"{rate:5.2f} steps/s", f"ETA {_duration(eta)}"]
     parts += [f"{k} {v:.4g}" for k, v in metrics.items()]
