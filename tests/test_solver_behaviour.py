@@ -119,7 +119,8 @@ def test_damped_methods_on_expansive_tanh(method, record_property):
   step = lambda p, h, x: jnp.tanh(h @ p + x)
   h0 = jnp.zeros(d)
   ref, _ = solve(step, w, h0, xs, "sequential")
-  run = lambda m: jax.jit(lambda w: solve(step, w, h0, xs, m, max_iter=t, on_failure="return"))(w)
+  run = lambda m: jax.jit(lambda w: solve(step, w, h0, xs, m, max_iter=t, on_failure="return",
+                                          give_up=None))(w)
   hs, info = run(method)
   _, deer = run("deer")
   print(f"\n{method}: {int(info.iterations)} iterations (lambda {float(info.lam):.2e}); "

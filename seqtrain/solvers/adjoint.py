@@ -111,7 +111,8 @@ def _adjoint_step(fz):
   return step
 
 
-def shoot_adjoint(fz, lin, params, zprev, xs, g, *, kind, atol, rtol, max_iter, chunk=None):
+def shoot_adjoint(fz, lin, params, zprev, xs, g, *, kind, atol, rtol, max_iter, chunk=None,
+                  give_up=None):
   """Exact adjoint by the forward solver's own multiple-shooting Newton.
 
   With w_t = J_t^T mu_t the adjoint is the reverse-time linear recurrence
@@ -144,7 +145,7 @@ def shoot_adjoint(fz, lin, params, zprev, xs, g, *, kind, atol, rtol, max_iter, 
 
   w, st = newton_solve(lin_t, params, jnp.zeros_like(g[0]), inputs, jnp.zeros_like(g),
                        length=t, kind=kind, atol=atol, rtol=rtol, max_iter=max_iter, chunk=chunk,
-                       mode="shoot", reverse=True, fallback=step)
+                       mode="shoot", reverse=True, fallback=step, give_up=give_up)
   return (gh + _shift_next(w)) * scale, st.iterations, st.converged
 
 

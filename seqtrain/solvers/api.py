@@ -16,6 +16,7 @@ from seqtrain.solvers.fallback import sequential_fill
 from seqtrain.solvers.jacobians import (dense_linearization, flat_diag_hook, flat_step,
                                         jvp_diag_linearization)
 from seqtrain.solvers.newton import MODES, newton_solve
+from seqtrain.solvers.stopping import DEFAULT_GIVE_UP, STATUS
 
 METHODS = ("sequential", "deer", "quasi_deer", "elk", "quasi_elk")
 ALIASES = {"ike": "elk", "quasi_ike": "quasi_elk"}
@@ -38,6 +39,11 @@ class SolveInfo(NamedTuple):
   fallback:   True where the result came from the sequential fallback.
   lam:        final damping (damped methods; 0 otherwise).
   resets:     iterations in which non-finite iterates were reset.
+  status:     why the parallel solver stopped, an index into ``STATUS``:
+              "converged"; "max_iter"; "gave_up" (projected to need more than
+              ``give_up`` of the causal bound: chaotic or too slow); "nonfinite"
+              (the true recurrence has NaN / inf: the sequential result is
+              returned, exactly lax.scan's, where on_failure="sequential").
   """
   iterations: jax.Array
   residual: jax.Array
@@ -45,6 +51,7 @@ class SolveInfo(NamedTuple):
   fallback: jax.Array
   lam: jax.Array
   resets: jax.Array
+  status: jax.Array
 
 
 class SolverError(RuntimeError):
@@ -112,7 +119,8 @@ def _raise_on_failure(converged, residual, iterations, method):
 
 def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *,
           length: int | None = None,
-          atol: float | None = None, rtol: float | None = None, max_iter: int = 100,
+          atol: float | None = None, rtol: float | None = None, max_iter: int | None = None,
+          give_up: float | None = DEFAULT_GIVE_UP,
           init: Any = "zeros", on_failure: str = "sequential",
           diag_jacobian: Callable | None = None, jvp_batch: int | None = None,
           chunk: int | None = None, mode: str | None = None, adjoint: str | None = None,
@@ -133,7 +141,13 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
       (damped, diagonal); "ike"/"quasi_ike" are aliases of the damped ones.
     atol, rtol: per-step residual tolerance |r_t| <= atol + rtol |h_t|
       (default per dtype, see ``default_tolerances``).
-    max_iter: cap on iterations (Newton converges in at most T by causality).
+    max_iter: cap on iterations (default: the causal bound of the form, within
+      which Newton ends from any start: the number of chunks for the chunk-start
+      DEER / quasi-DEER, T for the per-step forms and ELK).
+    give_up: stop early, and take the sequential path, when the iterations the
+      solve is projected to need exceed this fraction of the causal bound
+      (after at least 3 iterations; None or 0: never).  See
+      ``seqtrain/solvers/stopping.py`` and docs/method.md.
     init: "zeros", "warm" (h_t = f(h0, x_t), computed in parallel) or a
       trajectory pytree shaped like the output.
     on_failure: "sequential" (default: exact lax.scan result, info.fallback set),
@@ -171,8 +185,10 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
     raise ValueError(f"adjoint must be one of {adj.ADJOINTS}, got {adjoint!r}")
   if mode is not None and mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-  if max_iter < 0:
+  if max_iter is not None and max_iter < 0:
     raise ValueError(f"max_iter must be >= 0, got {max_iter}")
+  if give_up is not None and not 0 <= give_up:
+    raise ValueError(f"give_up must be >= 0 or None, got {give_up}")
   t = _sequence_length(xs, length)
   method = resolve_method(method, t)
   z0, unravel = ravel_pytree(h0)
@@ -195,7 +211,8 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
       return h, h
     _, hs = lax.scan(body, h0, xs, length=t)
     zero = jnp.zeros((), z0.dtype)
-    info = SolveInfo(jnp.int32(0), zero, jnp.bool_(True), jnp.bool_(False), zero, jnp.int32(0))
+    info = SolveInfo(jnp.int32(0), zero, jnp.bool_(True), jnp.bool_(False), zero, jnp.int32(0),
+                     jnp.int32(0))
     return hs, info
 
   # Hoist closed-over arrays into explicit (differentiable) arguments.
@@ -229,7 +246,7 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
       zinit = jax.vmap(fz, in_axes=(None, None, 0))(p, z0_, xs_)
     else:
       zinit = z_init_given.astype(z0_.dtype)
-    common = dict(kind=kind, atol=atol, rtol=rtol, max_iter=max_iter)
+    common = dict(kind=kind, atol=atol, rtol=rtol, max_iter=max_iter, give_up=give_up)
     seq = fz if on_failure == "sequential" else None
     if method in ("deer", "quasi_deer"):
       z, st = newton_solve(lin, p, z0_, xs_, zinit, length=t, chunk=chunk, mode=mode,
@@ -246,7 +263,7 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
     if on_failure == "raise":
       jax.debug.callback(functools.partial(_raise_on_failure, method=method),
                          st.converged, st.residual, st.iterations)
-    info = SolveInfo(st.iterations, st.residual, st.converged, fallback, lam, st.resets)
+    info = SolveInfo(st.iterations, st.residual, st.converged, fallback, lam, st.resets, st.status)
     return z, info
 
   @jax.custom_vjp
@@ -263,7 +280,8 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
     zprev = jnp.concatenate([z0_[None], z[:-1]])
     if adjoint == "shoot":
       mu = adj.shoot_adjoint(fz, lin, p, zprev, xs_, g, kind=kind, atol=atol, rtol=rtol,
-                             max_iter=max(max_iter, 1), chunk=chunk)[0]
+                             max_iter=max_iter and max(max_iter, 1), chunk=chunk,
+                             give_up=give_up)[0]
     elif adjoint == "dense":
       mu = adj.dense_adjoint(dense_lin, p, zprev, xs_, g)
     elif adjoint == "sequential":
@@ -272,7 +290,7 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
       mu = adj.approx_adjoint(diag_lin, p, zprev, xs_, g)
     else:
       mu, _, ok = adj.quasi_adjoint(fz, diag_lin, p, zprev, xs_, g, atol=atol, rtol=rtol,
-                                    max_iter=max(max_iter, 1))
+                                    max_iter=max(max_iter or t, 1))
       mu = adj.sequential_adjoint_fill(fz, ok, mu, p, zprev, xs_, g)
     return adj.input_gradients(fz, p, z0_, zprev, xs_, mu)
 

@@ -19,6 +19,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from seqtrain.solvers.scan import kalman_smoother_mean, linear_scan, ops_for
+from seqtrain.solvers.stopping import (CONVERGED, DEFAULT_GIVE_UP, projected_too_long,
+                                       status_code)
 
 
 class ElkStats(NamedTuple):
@@ -27,14 +29,22 @@ class ElkStats(NamedTuple):
   converged: jax.Array
   resets: jax.Array
   lam: jax.Array
+  status: jax.Array   # stopping.STATUS code
 
 
 def elk_solve(lin: Callable, params, z0, xs, zinit, *, kind: str, atol: float, rtol: float,
-              max_iter: int, lam_init: float = 1e-3, lam_min: float = 1e-9,
+              max_iter: int | None = None, lam_init: float = 1e-3, lam_min: float = 1e-9,
               lam_max: float = 1e9, adaptive: bool = True, smooth: bool = True,
-              clip: float = 1e8):
-  """Damped (quasi-)Newton solve of h_t = f(h_{t-1}, x_t).  Returns (Z (T, D), ElkStats)."""
+              clip: float = 1e8, give_up: float | None = DEFAULT_GIVE_UP):
+  """Damped (quasi-)Newton solve of h_t = f(h_{t-1}, x_t).  Returns (Z (T, D), ElkStats).
+
+  max_iter None: the causal bound T.  give_up, status: see stopping.py (the
+  exact prefix here is the number of leading converged steps).
+  """
   ops = ops_for(kind)
+  t = zinit.shape[0]
+  if max_iter is None:
+    max_iter = t
   dtype = z0.dtype
   lin_t = jax.vmap(lin, in_axes=(None, 0, 0))
   atol = jnp.asarray(atol, dtype)
@@ -49,14 +59,23 @@ def elk_solve(lin: Callable, params, z0, xs, zinit, *, kind: str, atol: float, r
     ratio_t = jnp.max(jnp.abs(r) / (atol + rtol * jnp.abs(z)), axis=-1)
     ok_t = ratio_t <= 1.0
     prefix = jnp.where(jnp.all(ok_t), ok_t.shape[0], jnp.argmin(ok_t))
-    return fx, a, zprev, merit, jnp.max(ratio_t), jnp.max(jnp.abs(r)), prefix
+    # The first unconverged step starts from an exact state: a non-finite
+    # residual there is the true recurrence's (stopping.py).
+    nonfinite = ~jnp.all(ok_t) & ~jnp.all(jnp.isfinite(r[jnp.minimum(prefix, t - 1)]))
+    return fx, a, zprev, merit, jnp.max(ratio_t), jnp.max(jnp.abs(r)), prefix, nonfinite
+
+  def stops(it, ratio, ratio1, prefix, nonfinite):
+    converged = ratio <= 1.0
+    gave_up = projected_too_long(it, ratio, ratio1, prefix + 1, t, give_up) & ~converged
+    return status_code(converged, nonfinite, gave_up), (converged | nonfinite | gave_up |
+                                                         (it >= max_iter))
 
   def cond(state):
-    it, ratio = state[0], state[7]
-    return (~(ratio <= 1.0)) & (it < max_iter)
+    it, ratio, ratio1, prefix, nonfinite = state[0], state[7], state[12], state[8], state[13]
+    return ~stops(it, ratio, ratio1, prefix, nonfinite)[1]
 
   def body(state):
-    it, z, fx, a, zprev, merit, absr, ratio, prefix, lam, nu, resets = state
+    it, z, fx, a, zprev, merit, absr, ratio, prefix, lam, nu, resets, ratio1, nonfinite = state
     u = fx - ops.mv(a, zprev)
     cand = kalman_smoother_mean(a, u, z, z0, lam, kind=kind, smooth=smooth)
     # Causal safeguard: up to the first unconverged step the undamped Newton
@@ -71,7 +90,7 @@ def elk_solve(lin: Callable, params, z0, xs, zinit, *, kind: str, atol: float, r
     cand = jnp.clip(cand, -clip, clip)
     finite = jnp.all(jnp.isfinite(cand))
     cand = jnp.where(finite, cand, z)
-    c_fx, c_a, c_zprev, c_merit, c_ratio, c_absr, c_prefix = evaluate(cand)
+    c_fx, c_a, c_zprev, c_merit, c_ratio, c_absr, c_prefix, c_nonfinite = evaluate(cand)
     # Predicted merit from the linear model the step minimised.
     lin_r = cand - ops.mv(a, c_zprev) - u
     predicted = merit - 0.5 * jnp.sum(lin_r * lin_r)
@@ -85,14 +104,18 @@ def elk_solve(lin: Callable, params, z0, xs, zinit, *, kind: str, atol: float, r
       nu = jnp.where(improved, jnp.asarray(2.0, dtype), jnp.where(accept, nu, 2.0 * nu))
       lam = jnp.clip(lam_new, lam_min, lam_max)
     pick = lambda new, old: jnp.where(accept, new, old)
+    ratio = pick(c_ratio, ratio)
     return (it + 1, pick(cand, z), pick(c_fx, fx), pick(c_a, a), pick(c_zprev, zprev),
-            pick(c_merit, merit), pick(c_absr, absr), pick(c_ratio, ratio),
-            pick(c_prefix, prefix), lam, nu, resets + (~finite).astype(jnp.int32))
+            pick(c_merit, merit), pick(c_absr, absr), ratio, pick(c_prefix, prefix), lam, nu,
+            resets + (~finite).astype(jnp.int32), jnp.where(it + 1 == 1, ratio, ratio1),
+            pick(c_nonfinite, nonfinite))
 
   z = zinit.astype(dtype)
-  fx, a, zprev, merit, ratio, absr, prefix = evaluate(z)
+  fx, a, zprev, merit, ratio, absr, prefix, nonfinite = evaluate(z)
   state = (jnp.int32(0), z, fx, a, zprev, merit, absr, ratio, prefix,
-           jnp.asarray(lam_init, dtype), jnp.asarray(2.0, dtype), jnp.int32(0))
+           jnp.asarray(lam_init, dtype), jnp.asarray(2.0, dtype), jnp.int32(0), ratio, nonfinite)
   out = lax.while_loop(cond, body, state)
-  it, z, absr, ratio, lam, resets = out[0], out[1], out[6], out[7], out[9], out[11]
-  return z, ElkStats(it, absr, ratio <= 1.0, resets, lam)
+  it, z, absr, ratio, prefix, lam, resets, ratio1, nonfinite = (
+      out[0], out[1], out[6], out[7], out[8], out[9], out[11], out[12], out[13])
+  status, _ = stops(it, ratio, ratio1, prefix, nonfinite)
+  return z, ElkStats(it, absr, status == CONVERGED, resets, lam, status)

@@ -39,6 +39,8 @@ from jax import lax
 
 from seqtrain.solvers.fallback import broadcast_unbatched, sequential_fill, vmap_axes
 from seqtrain.solvers.scan import linear_scan, ops_for
+from seqtrain.solvers.stopping import (CONVERGED, DEFAULT_GIVE_UP, exact_prefix,
+                                       projected_too_long, status_code)
 
 
 MODES = ("shoot", "store", "recompute")
@@ -49,6 +51,13 @@ class NewtonStats(NamedTuple):
   residual: jax.Array
   converged: jax.Array
   resets: jax.Array
+  status: jax.Array   # stopping.STATUS code
+
+
+def causal_bound(t: int, k: int, mode: str) -> int:
+  """Iterations within which the solve ends from any start (exact arithmetic):
+  the number of chunks (chunk-start form) or of steps (per-step forms)."""
+  return -(-t // k) if mode == "shoot" else t
 
 
 def default_chunk(t: int, kind: str = "dense", mode: str = "store") -> int:
@@ -95,9 +104,10 @@ def from_chunks(zc, t: int):
 
 
 def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str,
-                 atol: float, rtol: float, max_iter: int, chunk: int | None = None,
-                 mode: str = "shoot", clip: float = 1e8, fallback: Callable | None = None,
-                 reverse: bool = False):
+                 atol: float, rtol: float, max_iter: int | None = None,
+                 chunk: int | None = None, mode: str = "shoot", clip: float = 1e8,
+                 fallback: Callable | None = None, reverse: bool = False,
+                 give_up: float | None = DEFAULT_GIVE_UP):
   """Runs (quasi-)Newton on the residual h_t - f(h_{t-1}, x_t).
 
   Args:
@@ -110,6 +120,9 @@ def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str
       the exact sequential trajectory is written over the iterate, in place.
     reverse: solve z_t = f(z_{t+1}, x_t) backwards from z_T = z0 ("shoot" only;
       the adjoint recurrence), without reversing any array.
+    max_iter: iteration cap (None: the causal bound, ``causal_bound``).
+    give_up: stop early when the projected iterations exceed this fraction of
+      the causal bound (None or 0: never); see stopping.py.
 
   Returns:
     (Z (T, D), NewtonStats).
@@ -125,6 +138,8 @@ def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str
     raise ValueError(f"chunk must be >= 1, got {k}")
   k = min(k, t)
   c = -(-t // k)
+  if max_iter is None:
+    max_iter = causal_bound(t, k, mode)
   dtype = z0.dtype
   lin_c = jax.vmap(lin, in_axes=(None, 0, 0))
   cidx = jnp.arange(c) * k
@@ -150,23 +165,32 @@ def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str
       bufs = ()
 
     def body(kk, carry):
-      zprev, s, p, ratio, absr, bufs = carry
+      zprev, s, p, ratio, absr, first_bad, first_nf, bufs = carry
       zk = z[kk]
       fx, a = lin_c(params, zprev, x_at(kk))
       valid = (cidx + kk < t)[:, None]
       r = jnp.abs(zk - fx)
-      ratio = jnp.maximum(ratio, jnp.max(jnp.where(valid, r / (atol + rtol * jnp.abs(zk)), 0)))
+      rn = jnp.where(valid, r / (atol + rtol * jnp.abs(zk)), 0)
+      ratio = jnp.maximum(ratio, jnp.max(rn))
       absr = jnp.maximum(absr, jnp.max(jnp.where(valid, r, 0)))
+      # First unconverged / non-finite position of each chunk (exact prefix).
+      first_bad = jnp.where((first_bad == k) & ~jnp.all(rn <= 1, axis=-1), kk, first_bad)
+      nonfin = jnp.any(valid & ~jnp.isfinite(r), axis=-1)
+      first_nf = jnp.where((first_nf == k) & nonfin, kk, first_nf)
       s = ops.mv(a, s - zprev) + fx
       p = ops.mm(a, p)
       if mode == "store":
         bufs = (bufs[0].at[kk].set(s), bufs[1].at[kk].set(p))
-      return zk, s, p, ratio, absr, bufs
+      return zk, s, p, ratio, absr, first_bad, first_nf, bufs
 
     zero = jnp.zeros((), dtype)
-    init = (starts_of(z), zeros, p_init, zero, zero, bufs)
-    _, s_last, p_last, ratio, absr, bufs = lax.fori_loop(0, k, body, init)
-    return bufs, s_last, p_last, ratio, absr
+    none = jnp.full((c,), k, jnp.int32)
+    init = (starts_of(z), zeros, p_init, zero, zero, none, none, bufs)
+    _, s_last, p_last, ratio, absr, first_bad, first_nf, bufs = lax.fori_loop(0, k, body, init)
+    # Global positions: the first unconverged step has an exact predecessor.
+    t_bad = jnp.min(jnp.where(first_bad < k, cidx + first_bad, t))
+    t_nf = jnp.min(jnp.where(first_nf < k, cidx + first_nf, t))
+    return bufs, s_last, p_last, ratio, absr, t_bad, t_nf
 
   def chunk_starts(s_last, p_last):
     if c == 1:
@@ -200,30 +224,38 @@ def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str
 
   if mode == "shoot":
     return _shoot(lin, params, z0, xs, zinit, t=t, k=k, c=c, ops=ops, kind=kind, atol=atol,
-                  rtol=rtol, max_iter=max_iter, clip=clip, fallback=fallback, reverse=reverse)
+                  rtol=rtol, max_iter=max_iter, clip=clip, fallback=fallback, reverse=reverse,
+                  give_up=give_up)
 
   def cond(state):
     return ~state[-1]
 
   def body(state):
-    n, z, _, _, resets, _ = state
-    bufs, s_last, p_last, ratio, absr = linearise(z)
-    stop = (ratio <= 1.0) | (n >= max_iter)
+    n, z, _, _, resets, ratio1, _, _ = state
+    bufs, s_last, p_last, ratio, absr, t_bad, t_nf = linearise(z)
+    converged = ratio <= 1.0
+    # The first unconverged step starts from an exact state: a non-finite value
+    # there is the true recurrence's (see stopping.py).
+    nonfinite = (t_nf <= t_bad) & (t_nf < t)
+    ratio1 = jnp.where(n == 1, ratio, ratio1)
+    gave_up = projected_too_long(n, ratio, ratio1, t_bad + 1, t, give_up) & ~converged
+    stop = converged | nonfinite | gave_up | (n >= max_iter)
     z, bad = update(z, bufs, s_last, p_last, stop)
-    return (n + (~stop).astype(jnp.int32), z, ratio, absr,
-            resets + bad.astype(jnp.int32), stop)
+    return (n + (~stop).astype(jnp.int32), z, ratio, absr, resets + bad.astype(jnp.int32),
+            ratio1, status_code(converged, nonfinite, gave_up), stop)
 
   zero = jnp.zeros((), dtype)
-  state = (jnp.int32(0), to_chunks(zinit.astype(dtype), k, c), zero, zero, jnp.int32(0),
-           jnp.bool_(False))
-  it, z, ratio, absr, resets, _ = lax.while_loop(cond, body, state)
+  state = (jnp.int32(0), to_chunks(zinit.astype(dtype), k, c), zero, zero, jnp.int32(0), zero,
+           jnp.int32(0), jnp.bool_(False))
+  it, z, ratio, absr, resets, _, status, _ = lax.while_loop(cond, body, state)
+  ok = status == CONVERGED
   if fallback is not None:
-    z = sequential_fill(fallback, ratio <= 1.0, z, params, z0, xs, length=t)
-  return from_chunks(z, t), NewtonStats(it, absr, ratio <= 1.0, resets)
+    z = sequential_fill(fallback, ok, z, params, z0, xs, length=t)
+  return from_chunks(z, t), NewtonStats(it, absr, ok, resets, status)
 
 
 def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_iter, clip,
-           fallback, reverse):
+           fallback, reverse, give_up):
   """Newton on the chunk starts (multiple shooting), exact steps inside chunks.
 
   The unknowns are the C chunk starts H_c (H_0 = z0).  One iteration is one pass
@@ -277,7 +309,7 @@ def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_it
       return fx, ops.mm(a, p), z.at[:, kk].set(fx), bad | ~ok
 
     zprev, p, z, bad = lax.fori_loop(0, k, body, (h, ops.eye(h), z, jnp.zeros(h.shape, bool)))
-    return p, z, jnp.any(bad)
+    return p, z, jnp.any(bad, axis=-1)
 
   def update(h, ends, p, z0):
     """Newton step of the starts: H'_c = E_prev + P_prev (H'_prev - H_prev)."""
@@ -292,19 +324,30 @@ def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_it
     hnew, _ = clean(hnew, h[1:])
     return jnp.concatenate([z0[None], hnew])
 
+  causal = (lambda a: a[::-1]) if reverse else (lambda a: a)
+
   def body(state, params, z0, xc):
-    n, h, z, _, _, resets, done = state
+    n, h, z, _, _, resets, ratio1, _, done = state
     p, z, bad = run_chunks(h, z, params, xc)
     ends = z[:, last]
     r = jnp.where(linked[:, None], jnp.abs(h - incoming(ends, z0)), 0)
-    ratio = jnp.max(r / (atol + rtol * jnp.abs(h)))
+    ratio_c = jnp.max(r / (atol + rtol * jnp.abs(h)), axis=-1)
+    ratio = jnp.max(ratio_c)
     absr = jnp.max(r)
-    stop = (ratio <= 1.0) | (n >= max_iter)
+    # A trajectory with a reset anywhere is not the true recurrence's: never
+    # converged.  A chunk with an exact start that meets a non-finite value
+    # holds the true (non-finite) values: stop, the sequential path gives them.
+    prefix, nonfinite = exact_prefix(causal(ratio_c <= 1.0), causal(bad))
+    converged = (ratio <= 1.0) & ~jnp.any(bad)
+    ratio1 = jnp.where(n == 1, ratio, ratio1)
+    gave_up = projected_too_long(n, ratio, ratio1, prefix, c, give_up) & ~converged & ~nonfinite
+    stop = converged | nonfinite | gave_up | (n >= max_iter)
     h = jnp.where(stop, h, update(h, ends, p, z0))
     # `done` sequences (only under vmap, see below) repeat their last pass with
     # the same starts, so everything but the reset count comes out unchanged.
     return (n + (~stop).astype(jnp.int32), h, z, ratio, absr,
-            resets + (bad & ~done).astype(jnp.int32), stop)
+            resets + (jnp.any(bad) & ~done).astype(jnp.int32), ratio1,
+            status_code(converged, nonfinite, gave_up), stop)
 
   # Under vmap a while_loop runs until every sequence stops and selects between
   # old and new carries for all of them: a copy of the whole trajectory per
@@ -325,9 +368,9 @@ def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_it
   zc = rows(zinit.astype(dtype))
   h = jnp.where(linked[:, None], incoming(zc[:, last], z0), z0)
   zero = jnp.zeros((), dtype)
-  state = (jnp.int32(0), h, zc, zero, zero, jnp.int32(0), jnp.bool_(False))
-  it, h, z, ratio, absr, resets, _ = solve_loop(state, params, z0, xc)
-  ok = ratio <= 1.0
+  state = (jnp.int32(0), h, zc, zero, zero, jnp.int32(0), zero, jnp.int32(0), jnp.bool_(False))
+  it, h, z, ratio, absr, resets, _, status, _ = solve_loop(state, params, z0, xc)
+  ok = status == CONVERGED
   offset = pad if reverse else 0
   if fallback is not None:
     z = sequential_fill(fallback, ok, z, params, z0, xc, length=t, reverse=reverse,
@@ -345,7 +388,8 @@ def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_it
     if fallback is not None:
       at = at & ok
     z = jnp.where(at[..., None], hb[:, None, :], z)
-  return z.reshape((c * k,) + z0.shape)[offset:offset + t], NewtonStats(it, absr, ok, resets)
+  return (z.reshape((c * k,) + z0.shape)[offset:offset + t],
+          NewtonStats(it, absr, ok, resets, status))
 
 
 def _rows(a, k: int, c: int, front: bool = False):
