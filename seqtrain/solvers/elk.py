@@ -62,11 +62,16 @@ def elk_solve(lin: Callable, params, z0, xs, zinit, *, kind: str, atol: float, r
     # The first unconverged step starts from an exact state: a non-finite
     # residual there is the true recurrence's (stopping.py).
     nonfinite = ~jnp.all(ok_t) & ~jnp.all(jnp.isfinite(r[jnp.minimum(prefix, t - 1)]))
-    return fx, a, zprev, merit, jnp.max(ratio_t), jnp.max(jnp.abs(r)), prefix, nonfinite
+    # The projection's residual: where the true values are non-finite the
+    # iteration cannot converge anyway (the prefix decides there).
+    ratio_fin = jnp.max(jnp.where(jnp.isfinite(ratio_t), ratio_t, 0))
+    return (fx, a, zprev, merit, jnp.max(ratio_t), jnp.max(jnp.abs(r)), prefix,
+            (nonfinite, ratio_fin))
 
   def stops(it, ratio, ratio1, prefix, nonfinite):
+    nonfinite, ratio_fin = nonfinite
     converged = ratio <= 1.0
-    gave_up = projected_too_long(it, ratio, ratio1, prefix + 1, t, give_up) & ~converged
+    gave_up = projected_too_long(it, ratio_fin, ratio1, prefix + 1, t, give_up) & ~converged
     return status_code(converged, nonfinite, gave_up), (converged | nonfinite | gave_up |
                                                          (it >= max_iter))
 
@@ -88,17 +93,20 @@ def elk_solve(lin: Callable, params, z0, xs, zinit, *, kind: str, atol: float, r
     # grow without bound; clipped like DEER's iterate, it stays finite, so a step
     # that lengthens the prefix can always be accepted and the T bound holds.
     cand = jnp.clip(cand, -clip, clip)
-    finite = jnp.all(jnp.isfinite(cand))
-    cand = jnp.where(finite, cand, z)
+    # Non-finite components keep their old value (elementwise, as in DEER), so a
+    # non-finite true value downstream does not block progress before it.
+    finite_el = jnp.isfinite(cand)
+    finite = jnp.all(finite_el)
+    cand = jnp.where(finite_el, cand, z)
     c_fx, c_a, c_zprev, c_merit, c_ratio, c_absr, c_prefix, c_nonfinite = evaluate(cand)
     # Predicted merit from the linear model the step minimised.
     lin_r = cand - ops.mv(a, c_zprev) - u
     predicted = merit - 0.5 * jnp.sum(lin_r * lin_r)
     rho = (merit - c_merit) / jnp.maximum(predicted, jnp.finfo(dtype).tiny)
-    accept = finite & ((c_merit < merit) | (c_prefix > prefix)) if adaptive else finite
+    accept = ((c_merit < merit) | (c_prefix > prefix)) if adaptive else jnp.bool_(True)
     if adaptive:
       shrink = jnp.maximum(0.1, 1.0 - (2.0 * rho - 1.0) ** 3)
-      improved = finite & (c_merit < merit)
+      improved = c_merit < merit
       # A prefix-only acceptance (merit not lower) leaves lambda as it is.
       lam_new = jnp.where(improved, lam * shrink, jnp.where(accept, lam, lam * nu))
       nu = jnp.where(improved, jnp.asarray(2.0, dtype), jnp.where(accept, nu, 2.0 * nu))
@@ -107,13 +115,15 @@ def elk_solve(lin: Callable, params, z0, xs, zinit, *, kind: str, atol: float, r
     ratio = pick(c_ratio, ratio)
     return (it + 1, pick(cand, z), pick(c_fx, fx), pick(c_a, a), pick(c_zprev, zprev),
             pick(c_merit, merit), pick(c_absr, absr), ratio, pick(c_prefix, prefix), lam, nu,
-            resets + (~finite).astype(jnp.int32), jnp.where(it + 1 == 1, ratio, ratio1),
-            pick(c_nonfinite, nonfinite))
+            resets + (~finite).astype(jnp.int32),
+            jnp.where(it + 1 == 1, pick(c_nonfinite[1], nonfinite[1]), ratio1),
+            jax.tree_util.tree_map(pick, c_nonfinite, nonfinite))
 
   z = zinit.astype(dtype)
   fx, a, zprev, merit, ratio, absr, prefix, nonfinite = evaluate(z)
   state = (jnp.int32(0), z, fx, a, zprev, merit, absr, ratio, prefix,
-           jnp.asarray(lam_init, dtype), jnp.asarray(2.0, dtype), jnp.int32(0), ratio, nonfinite)
+           jnp.asarray(lam_init, dtype), jnp.asarray(2.0, dtype), jnp.int32(0), nonfinite[1],
+           nonfinite)
   out = lax.while_loop(cond, body, state)
   it, z, absr, ratio, prefix, lam, resets, ratio1, nonfinite = (
       out[0], out[1], out[6], out[7], out[8], out[9], out[11], out[12], out[13])

@@ -165,13 +165,14 @@ def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str
       bufs = ()
 
     def body(kk, carry):
-      zprev, s, p, ratio, absr, first_bad, first_nf, bufs = carry
+      zprev, s, p, ratio, ratio_fin, absr, first_bad, first_nf, bufs = carry
       zk = z[kk]
       fx, a = lin_c(params, zprev, x_at(kk))
       valid = (cidx + kk < t)[:, None]
       r = jnp.abs(zk - fx)
       rn = jnp.where(valid, r / (atol + rtol * jnp.abs(zk)), 0)
       ratio = jnp.maximum(ratio, jnp.max(rn))
+      ratio_fin = jnp.maximum(ratio_fin, jnp.max(jnp.where(jnp.isfinite(rn), rn, 0)))
       absr = jnp.maximum(absr, jnp.max(jnp.where(valid, r, 0)))
       # First unconverged / non-finite position of each chunk (exact prefix).
       first_bad = jnp.where((first_bad == k) & ~jnp.all(rn <= 1, axis=-1), kk, first_bad)
@@ -181,16 +182,17 @@ def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str
       p = ops.mm(a, p)
       if mode == "store":
         bufs = (bufs[0].at[kk].set(s), bufs[1].at[kk].set(p))
-      return zk, s, p, ratio, absr, first_bad, first_nf, bufs
+      return zk, s, p, ratio, ratio_fin, absr, first_bad, first_nf, bufs
 
     zero = jnp.zeros((), dtype)
     none = jnp.full((c,), k, jnp.int32)
-    init = (starts_of(z), zeros, p_init, zero, zero, none, none, bufs)
-    _, s_last, p_last, ratio, absr, first_bad, first_nf, bufs = lax.fori_loop(0, k, body, init)
+    init = (starts_of(z), zeros, p_init, zero, zero, zero, none, none, bufs)
+    _, s_last, p_last, ratio, ratio_fin, absr, first_bad, first_nf, bufs = lax.fori_loop(
+        0, k, body, init)
     # Global positions: the first unconverged step has an exact predecessor.
     t_bad = jnp.min(jnp.where(first_bad < k, cidx + first_bad, t))
     t_nf = jnp.min(jnp.where(first_nf < k, cidx + first_nf, t))
-    return bufs, s_last, p_last, ratio, absr, t_bad, t_nf
+    return bufs, s_last, p_last, (ratio, ratio_fin), absr, t_bad, t_nf
 
   def chunk_starts(s_last, p_last):
     if c == 1:
@@ -232,13 +234,14 @@ def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str
 
   def body(state):
     n, z, _, _, resets, ratio1, _, _ = state
-    bufs, s_last, p_last, ratio, absr, t_bad, t_nf = linearise(z)
+    bufs, s_last, p_last, (ratio, ratio_fin), absr, t_bad, t_nf = linearise(z)
     converged = ratio <= 1.0
     # The first unconverged step starts from an exact state: a non-finite value
     # there is the true recurrence's (see stopping.py).
     nonfinite = (t_nf <= t_bad) & (t_nf < t)
-    ratio1 = jnp.where(n == 1, ratio, ratio1)
-    gave_up = projected_too_long(n, ratio, ratio1, t_bad + 1, t, give_up) & ~converged
+    # The projection ignores non-finite residuals (the prefix decides there).
+    ratio1 = jnp.where(n == 1, ratio_fin, ratio1)
+    gave_up = projected_too_long(n, ratio_fin, ratio1, t_bad + 1, t, give_up) & ~converged
     stop = converged | nonfinite | gave_up | (n >= max_iter)
     z, bad = update(z, bufs, s_last, p_last, stop)
     return (n + (~stop).astype(jnp.int32), z, ratio, absr, resets + bad.astype(jnp.int32),
@@ -331,7 +334,7 @@ def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_it
     p, z, bad = run_chunks(h, z, params, xc)
     ends = z[:, last]
     r = jnp.where(linked[:, None], jnp.abs(h - incoming(ends, z0)), 0)
-    ratio_c = jnp.max(r / (atol + rtol * jnp.abs(h)), axis=-1)
+    ratio_c = jnp.max(jnp.where(linked[:, None], r / (atol + rtol * jnp.abs(h)), 0), axis=-1)
     ratio = jnp.max(ratio_c)
     absr = jnp.max(r)
     # A trajectory with a reset anywhere is not the true recurrence's: never
