@@ -115,3 +115,34 @@ def test_status_names_every_stop():
   assert STATUS[int(info.status)] == "converged"
   with pytest.raises(ValueError, match="give_up"):
     solve(step, p, h0, xs, "quasi_deer", give_up=-1)
+
+
+def _hessian_problem():
+  step, p, h0, xs = make_problem("gru", 3, 20, jnp.float64)
+  xb = jnp.stack([xs, -0.5 * xs])   # a batch of 2: the solves run under vmap
+
+  def loss(method, **kw):
+    def f(p):
+      hs = jax.vmap(lambda x: solve(step, p, h0, x, method, chunk=4, **kw)[0])(xb)
+      return jnp.sum(jnp.sin(hs)) + jnp.sum(hs[:, -1] ** 2)
+    return f
+  return p, loss
+
+
+@pytest.mark.parametrize("method", ["deer", "quasi_deer", "elk", "quasi_elk"])
+def test_hessian_equals_the_scans(method):
+  """jax.hessian (forward over reverse, through vmap) of every method equals
+  lax.scan's: the tangents are those of the exact solution (implicit.py)."""
+  p, loss = _hessian_problem()
+  ref = jax.jit(jax.hessian(loss("sequential")))(p)
+  hess = jax.jit(jax.hessian(loss(method)))(p)
+  for a, b in zip(jax.tree_util.tree_leaves(hess), jax.tree_util.tree_leaves(ref)):
+    np.testing.assert_allclose(a, b, atol=1e-8, rtol=1e-7)
+
+
+def test_reverse_over_reverse_equals_the_scans():
+  p, loss = _hessian_problem()
+  ref = jax.jit(jax.hessian(loss("sequential")))(p)
+  hess = jax.jit(jax.jacrev(jax.grad(loss("quasi_deer"))))(p)
+  for a, b in zip(jax.tree_util.tree_leaves(hess), jax.tree_util.tree_leaves(ref)):
+    np.testing.assert_allclose(a, b, atol=1e-8, rtol=1e-7)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from seqtrain.solvers.fallback import sequential_fill
+from seqtrain.solvers.implicit import exact_jvp
 from seqtrain.solvers.newton import newton_solve
 from seqtrain.solvers.scan import linear_scan
 
@@ -143,9 +144,15 @@ def shoot_adjoint(fz, lin, params, zprev, xs, g, *, kind, atol, rtol, max_iter, 
     inputs = (gh, zprev, xs)
     lin_t = lambda p, w, inp: (step(p, w, inp), jnp.swapaxes(lin(p, inp[1], inp[2])[1], -1, -2))
 
-  w, st = newton_solve(lin_t, params, jnp.zeros_like(g[0]), inputs, jnp.zeros_like(g),
-                       length=t, kind=kind, atol=atol, rtol=rtol, max_iter=max_iter, chunk=chunk,
-                       mode="shoot", reverse=True, fallback=step, give_up=give_up)
+  def solve_w(p, w_end, inputs):
+    return newton_solve(lin_t, p, w_end, inputs, jnp.zeros((t,) + w_end.shape, w_end.dtype),
+                        length=t, kind=kind, atol=atol, rtol=rtol, max_iter=max_iter,
+                        chunk=chunk, mode="shoot", reverse=True, fallback=step, give_up=give_up)
+
+  # Derivatives of the gradient (jax.hessian, reverse over reverse) are exact.
+  solve_w = exact_jvp(solve_w, step, lin_t, kind=kind, reverse=True, atol=atol, rtol=rtol,
+                      chunk=chunk)
+  w, st = solve_w(params, jnp.zeros_like(g[0]), inputs)
   return (gh + _shift_next(w)) * scale, st.iterations, st.converged
 
 

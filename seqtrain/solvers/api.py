@@ -13,6 +13,7 @@ from jax.flatten_util import ravel_pytree
 from seqtrain.solvers import adjoint as adj
 from seqtrain.solvers.elk import elk_solve
 from seqtrain.solvers.fallback import sequential_fill
+from seqtrain.solvers.implicit import exact_jvp
 from seqtrain.solvers.jacobians import (dense_linearization, flat_diag_hook, flat_step,
                                         jvp_diag_linearization)
 from seqtrain.solvers.newton import MODES, newton_solve
@@ -239,7 +240,8 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
       raise ValueError(
           f"init trajectory has flat shape {z_init_given.shape}, expected {(t,) + z0.shape}")
 
-  def forward(p, z0_, xs_):
+  def core(p, z0_, xs_):
+    """The parallel solve: (trajectory, solver stats)."""
     if isinstance(init, str) and init == "zeros":
       zinit = jnp.zeros((t,) + z0_.shape, z0_.dtype)
     elif isinstance(init, str):
@@ -259,7 +261,16 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
       if seq is not None:
         z = sequential_fill(seq, st.converged, z[:, None], p, z0_, xs_, length=t)[:, 0]
       lam = st.lam
-    fallback = ~st.converged if seq is not None else jnp.bool_(False)
+    return z, (st, lam)
+
+  # Forward-mode derivatives (jax.jvp, jax.hessian) are those of the exact
+  # solution, solved as a linear recurrence (implicit.py).
+  core = exact_jvp(core, fz, lin, kind=kind, reverse=False, atol=atol, rtol=rtol, chunk=chunk)
+
+  def forward(p, z0_, xs_):
+    seq = on_failure == "sequential"
+    z, (st, lam) = core(p, z0_, xs_)
+    fallback = ~st.converged if seq else jnp.bool_(False)
     if on_failure == "raise":
       jax.debug.callback(functools.partial(_raise_on_failure, method=method),
                          st.converged, st.residual, st.iterations)

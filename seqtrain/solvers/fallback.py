@@ -64,18 +64,23 @@ def _fill(step_b, ok, z, params, z0, xs, length: int, x_batched, reverse=False, 
 
 
 def sequential_fill(fz: Callable, ok, z, params, z0, xs, *, length: int, reverse: bool = False,
-                    offset: int = 0, chunk_major: bool = False):
+                    offset: int = 0, chunk_major: bool = False, custom_batching: bool = True):
   """Returns z with the sequential solution of z_t = fz(params, z_{t-1}, x_t)
   (``reverse``: z_t = fz(params, z_{t+1}, x_t)) written in where ``ok`` is
   False (z in (K, C, D) layout, or (C, K, D) with ``chunk_major``, the inputs
-  then in the same layout; time t at flat position offset + t)."""
+  then in the same layout; time t at flat position offset + t).
+  ``custom_batching=False``: no batching rule (plain vmap of the loop), for
+  uses inside other custom rules (implicit.py) where custom_vmap cannot go."""
 
-  @jax.custom_batching.custom_vmap
-  def fill(ok, z, params, z0, xs):
+  def plain(ok, z, params, z0, xs):
     x_flags = jax.tree_util.tree_map(lambda _: False, xs)
     step_b = jax.vmap(fz, in_axes=(None, 0, None))
     return _fill(step_b, ok[None], z[None], params, z0[None], xs, length, x_flags, reverse,
                  offset, chunk_major)[0]
+
+  if not custom_batching:
+    return plain(ok, z, params, z0, xs)
+  fill = jax.custom_batching.custom_vmap(plain)
 
   @fill.def_vmap
   def _rule(axis_size, in_batched, ok, z, params, z0, xs):

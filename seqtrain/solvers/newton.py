@@ -35,6 +35,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from seqtrain.solvers.fallback import broadcast_unbatched, sequential_fill, vmap_axes
@@ -107,7 +108,7 @@ def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str
                  atol: float, rtol: float, max_iter: int | None = None,
                  chunk: int | None = None, mode: str = "shoot", clip: float = 1e8,
                  fallback: Callable | None = None, reverse: bool = False,
-                 give_up: float | None = DEFAULT_GIVE_UP):
+                 give_up: float | None = DEFAULT_GIVE_UP, custom_batching: bool = True):
   """Runs (quasi-)Newton on the residual h_t - f(h_{t-1}, x_t).
 
   Args:
@@ -123,6 +124,8 @@ def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str
     max_iter: iteration cap (None: the causal bound, ``causal_bound``).
     give_up: stop early when the projected iterations exceed this fraction of
       the causal bound (None or 0: never); see stopping.py.
+    custom_batching: the batch-level loops of the shoot form and the fallback
+      (custom_vmap rules); False inside other custom rules (implicit.py).
 
   Returns:
     (Z (T, D), NewtonStats).
@@ -227,7 +230,7 @@ def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str
   if mode == "shoot":
     return _shoot(lin, params, z0, xs, zinit, t=t, k=k, c=c, ops=ops, kind=kind, atol=atol,
                   rtol=rtol, max_iter=max_iter, clip=clip, fallback=fallback, reverse=reverse,
-                  give_up=give_up)
+                  give_up=give_up, custom_batching=custom_batching)
 
   def cond(state):
     return ~state[-1]
@@ -253,12 +256,13 @@ def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str
   it, z, ratio, absr, resets, _, status, _ = lax.while_loop(cond, body, state)
   ok = status == CONVERGED
   if fallback is not None:
-    z = sequential_fill(fallback, ok, z, params, z0, xs, length=t)
+    z = sequential_fill(fallback, ok, z, params, z0, xs, length=t,
+                        custom_batching=custom_batching)
   return from_chunks(z, t), NewtonStats(it, absr, ok, resets, status)
 
 
 def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_iter, clip,
-           fallback, reverse, give_up):
+           fallback, reverse, give_up, custom_batching):
   """Newton on the chunk starts (multiple shooting), exact steps inside chunks.
 
   The unknowns are the C chunk starts H_c (H_0 = z0).  One iteration is one pass
@@ -284,7 +288,7 @@ def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_it
   rows = lambda a: _rows(a, k, c, front=reverse)
   xc = jax.tree_util.tree_map(rows, xs)
   last = 0 if reverse else k - 1   # the position a pass visits last
-  linked = jnp.arange(c) != (c - 1 if reverse else 0)   # chunks whose start is unknown
+  linked = np.arange(c) != (c - 1 if reverse else 0)   # chunks whose start is unknown (static)
 
   def incoming(ends, z0):
     """The start each chunk should have, given every chunk's end."""
@@ -356,11 +360,12 @@ def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_it
   # old and new carries for all of them: a copy of the whole trajectory per
   # iteration.  Here stopped sequences keep their starts instead, so their
   # pass rewrites the same trajectory and nothing needs selecting.
-  @jax.custom_batching.custom_vmap
-  def solve_loop(state, params, z0, xc):
+  def plain_loop(state, params, z0, xc):
     return lax.while_loop(lambda s: ~s[-1], lambda s: body(s, params, z0, xc), state)
 
-  @solve_loop.def_vmap
+  solve_loop = jax.custom_batching.custom_vmap(plain_loop) if custom_batching else plain_loop
+
+  @(solve_loop.def_vmap if custom_batching else (lambda f: f))
   def _solve_loop_vmap(axis_size, in_batched, state, params, z0, xc):
     s_b, p_b, z0_b, x_b = in_batched
     state, z0 = broadcast_unbatched(axis_size, (state, z0), (s_b, z0_b))
@@ -377,7 +382,7 @@ def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_it
   offset = pad if reverse else 0
   if fallback is not None:
     z = sequential_fill(fallback, ok, z, params, z0, xc, length=t, reverse=reverse,
-                        offset=offset, chunk_major=True)
+                        offset=offset, chunk_major=True, custom_batching=custom_batching)
   # A converged trajectory holds the starts at chunk boundaries, so its residual
   # is exactly the one measured (zero inside chunks).  An elementwise select
   # after the fallback (which rewrites failed sequences whole), not an update of
