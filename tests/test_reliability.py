@@ -137,7 +137,8 @@ def test_strict_solver_mode_raises_clearly(tmp_path):
   from seqtrain.train import config as config_lib
   from seqtrain.train.trainer import TrainingError, train_and_evaluate
   config = config_lib.load_config("configs/basic_motions.py", TINY + [
-      "train.steps=5", "model.solver.on_failure=raise", "model.solver.max_iter=1"])
+      "train.steps=5", "model.solver.method=quasi_deer", "model.solver.on_failure=raise",
+      "model.solver.max_iter=1"])
   with pytest.raises(TrainingError, match=r"strict solver mode .* quasi_deer did not converge"):
     train_and_evaluate(config, tmp_path)
 
