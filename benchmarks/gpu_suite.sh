@@ -17,6 +17,8 @@
 #   chunks/K/       quasi_deer forward at T=1e5 with chunk length K in {16, 128}, next to
 #                   the default (about 2 sqrt(T), capped at 32: tuned on CPU) in the grid
 #   training/       steps/s of the 5-layer GRU-32 EigenWorms classifier, T=17,984, batch 4
+#   auto/           method="auto" vs sequential and quasi_deer over T: where the parallel
+#                   solver overtakes lax.scan (copy it into solvers.api.CROSSOVER)
 #   stability/      Lorenz-96 / expansive RNN (float64), if time is left
 #   summary.md      everything in one page (also printed); suite.log: the whole output
 # Per-row time limits, extrapolated skips (--max-call-s) and deadlines keep the
@@ -91,6 +93,7 @@ if [[ $SMOKE -eq 1 ]]; then
   CHUNKS=(8 64)
   STAB_ARGS=(--smoke --systems lorenz96 --methods deer,quasi_elk --fixed-lams 1e-3)
   STAB_UNTIL=600
+  AUTO_ARGS=(--T 64,128 --D 4 --batch 2 --repeats 2)
 else
   CHECK_ARGS=(--check)
   GRID_ARGS=(--T 10000,100000,1000000 --D 8,64 --batch 16 --cells gru
@@ -105,11 +108,13 @@ else
               --deadline-s 70)
   STAB_ARGS=(--T 1000 --trials 10 --fixed-lams 1e-3,1e-1)
   STAB_UNTIL=240   # run the stability benchmark only if the suite is this young (seconds)
+  AUTO_ARGS=(--T 64,256,1024,4096,16384 --D 8,64 --batch 16 --repeats 5)
 fi
 
 step "correctness check" "$PY" "$REPO/benchmarks/solvers.py" "${CHECK_ARGS[@]}" --out "$OUT/check"
 step "layer grid" "$PY" "$REPO/benchmarks/solvers.py" "${GRID_ARGS[@]}" --out "$OUT/solvers"
 step "training" "$PY" "$REPO/benchmarks/training.py" "${TRAIN_ARGS[@]}" --out "$OUT/training"
+step "auto crossover" "$PY" "$REPO/benchmarks/auto_crossover.py" "${AUTO_ARGS[@]}" --out "$OUT/auto"
 for K in "${CHUNKS[@]}"; do
   step "chunk $K" "$PY" "$REPO/benchmarks/solvers.py" "${CHUNK_ARGS[@]}" --chunk "$K" \
     --out "$OUT/chunks/$K"

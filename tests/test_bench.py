@@ -167,7 +167,7 @@ def test_method_names_and_lists():
 
 
 def test_scripts_parse_and_gpu_suite_is_wired():
-  for script in ("solvers", "training", "stability", "report"):
+  for script in ("solvers", "training", "stability", "report", "auto_crossover"):
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / f"{script}.py"), "--help"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -179,10 +179,24 @@ def test_scripts_parse_and_gpu_suite_is_wired():
   assert "set -euo pipefail" in text and "nvidia-smi" in text
   assert "--smoke) SMOKE=1" in text
   for flag in ("CHECK_ARGS=(--check --smoke)", "GRID_ARGS=(--smoke", "TRAIN_ARGS=(--smoke",
-               "STAB_ARGS=(--smoke", '--chunk "$K"', "quasi_deer_perstep"):
+               "STAB_ARGS=(--smoke", '--chunk "$K"', "quasi_deer_perstep", "AUTO_ARGS=(",
+               "auto_crossover.py"):
     assert flag in text
   grid = argparse.ArgumentParser()
   bench.add_grid_arguments(grid)
   assert grid.parse_args(["--chunk", "16"]).chunk == 16 and grid.parse_args([]).chunk is None
   usage = subprocess.run(["bash", str(suite)], capture_output=True, text=True)
   assert usage.returncode == 2 and "usage" in usage.stderr
+
+
+def test_auto_crossover_benchmark_reports_what_auto_ran(tmp_path):
+  """benchmarks/auto_crossover.py times auto next to sequential and quasi_deer in
+  one run and records what auto resolved to (on CPU: lax.scan at every length)."""
+  out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "auto_crossover.py"),
+                        "--T", "16", "--D", "4", "--batch", "2", "--repeats", "1",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr
+  rows = json.loads((tmp_path / "auto_crossover.json").read_text())["rows"]
+  assert [(r["T"], r["D"], r["auto_runs"]) for r in rows] == [(16, 4, "sequential")]
+  assert all(r[f"{m}_ms"] > 0 for r in rows for m in ("sequential", "quasi_deer", "auto"))
+  assert "| 16 | 4 | 2 | sequential |" in (tmp_path / "auto_crossover.md").read_text()

@@ -1,0 +1,77 @@
+"""method="auto" against sequential (lax.scan) and quasi-DEER, in one run.
+
+    python benchmarks/auto_crossover.py --out benchmarks/results/<machine>/ [--T 100,1000,10000]
+
+Times ParallelRNN(GRU) forward passes (B=16, float32) for each T and D with
+the three methods, after compile and one warm-up call (median of --repeats),
+and writes auto_crossover.json / .md: the method "auto" resolved to, each
+time, and auto's ratio to the faster of the other two.  On a GPU the rows show
+where quasi-DEER overtakes the scan: copy that length into
+seqtrain.solvers.api.CROSSOVER for the platform.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import time
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--T", default="100,1000,10000")
+  ap.add_argument("--D", default="8,64")
+  ap.add_argument("--batch", type=int, default=16)
+  ap.add_argument("--repeats", type=int, default=7)
+  ap.add_argument("--out", required=True)
+  args = ap.parse_args(argv)
+
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import linen as nn
+  from seqtrain.nn import ParallelRNN
+  from seqtrain.solvers import resolve_method
+
+  rows = []
+  for t in [int(v) for v in args.T.split(",")]:
+    for d in [int(v) for v in args.D.split(",")]:
+      x = jax.random.normal(jax.random.key(0), (args.batch, t, d), jnp.float32)
+      params = ParallelRNN(nn.GRUCell(d), method="sequential").init(jax.random.key(1), x)
+      row = {"T": t, "D": d, "B": args.batch, "auto_runs": resolve_method("auto", t)}
+      for method in ("sequential", "quasi_deer", "auto"):
+        mod = ParallelRNN(nn.GRUCell(d), method=method)
+        f = jax.jit(lambda p, x, mod=mod: mod.apply(p, x, mutable=["solver_stats"])[0])
+        jax.block_until_ready(f(params, x))
+        jax.block_until_ready(f(params, x))
+        times = []
+        for _ in range(args.repeats):
+          t0 = time.perf_counter()
+          jax.block_until_ready(f(params, x))
+          times.append(time.perf_counter() - t0)
+        row[f"{method}_ms"] = round(1e3 * float(np.median(times)), 3)
+      best = min(row["sequential_ms"], row["quasi_deer_ms"])
+      row["auto_vs_best"] = round(row["auto_ms"] / best, 3)
+      rows.append(row)
+      print(row, flush=True)
+
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  meta = {"backend": jax.default_backend(), "device": str(jax.devices()[0]),
+          "host": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} CPUs",
+          "jax": jax.__version__, "command": "python benchmarks/auto_crossover.py "
+          + " ".join(argv or __import__("sys").argv[1:]),
+          "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+  (out / "auto_crossover.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+  lines = [f"# method=auto vs sequential and quasi_deer ({meta['backend']}, {meta['host']})", "",
+           f"jax {meta['jax']}; `{meta['command']}`; {meta['date']}", "",
+           "| T | D | B | auto runs | sequential ms | quasi_deer ms | auto ms | auto / best |",
+           "|---:|---:|---:|---|---:|---:|---:|---:|"]
+  lines += [f"| {r['T']} | {r['D']} | {r['B']} | {r['auto_runs']} | {r['sequential_ms']} | "
+            f"{r['quasi_deer_ms']} | {r['auto_ms']} | {r['auto_vs_best']} |" for r in rows]
+  (out / "auto_crossover.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+  main()
