@@ -883,7 +883,8 @@ def run_stability(*, T: int = 1000, trials: int = 10, systems: Sequence[str] = S
   on Lorenz-96 (D=5, F=8, dt=0.01, RK4) and an expansive tanh RNN, float64.
 
   Every variant solves each trial from a zeros start with ``max_iter`` (default
-  T) and ``on_failure="return"`` (the solver's own iterate, no fallback), one
+  T), ``give_up=None`` and ``on_failure="return"`` (the solver's own iterate, no
+  fallback; benchmarks/give_up.py measures the default's early exit), one
   compiled program per variant, timed per trial after a warm-up call. Enables
   x64 for the duration of the call. Rows (one per system and variant, plus the
   sequential reference): system, variant, method, options, iterations (per
@@ -920,7 +921,9 @@ def _run_stability(*, T, trials, systems, variants, max_iter, repeats, seed, dea
 
     def program(method, options):
       def f(p, h0, x):
-        return solve(step, p, h0, x, method, max_iter=max_iter, on_failure="return", **options)
+        # give_up=None: this benchmark measures the solvers' own convergence.
+        return solve(step, p, h0, x, method, max_iter=max_iter, on_failure="return",
+                     give_up=None, **options)
       return jax.jit(f)
 
     def run(method, options):
@@ -1368,7 +1371,7 @@ def add_grid_arguments(p: argparse.ArgumentParser) -> None:
                  help="skip the rows left after this many seconds")
   p.add_argument("--memory-budget-gb", type=float, default=None,
                  help="skip programs needing more (default 90%% of device memory; CPU: half RAM)")
-  p.add_argument("--max-iter", type=int, default=None, help="solver max_iter (default 100)")
+  p.add_argument("--max-iter", type=int, default=None, help="solver max_iter (default: the causal bound)")
   p.add_argument("--chunk", type=int, default=None,
                  help="steps per chunk of the chunked solvers (default: by T)")
   p.add_argument("--seed", type=int, default=0)
