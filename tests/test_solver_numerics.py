@@ -1,5 +1,7 @@
 """Honest numerics: non-finite values as lax.scan gives them, giving up early on
 chaotic recurrences, iteration bounds, and why the solver stopped (info.status)."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,8 @@ from seqtrain.solvers import STATUS, solve
 from cells import make_problem
 
 T, D = 48, 3
+# LLVM at -O0 (HLO passes unchanged): compiling is nearly all of these tests' time.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
 VARIANTS = [("deer", "shoot"), ("quasi_deer", "shoot"), ("deer", "store"),
             ("quasi_deer", "recompute"), ("elk", None), ("quasi_elk", None)]
 
@@ -40,8 +44,8 @@ def _run(method, mode, p, h0, xs, **kw):
     hs, info = solve(step, p, h0, xs, method, **opts, **kw)
     return jnp.sum(jnp.sin(hs[: T // 3])), (hs, info)
 
-  (_, (hs, info)), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(
-      p, h0, xs)
+  (_, (hs, info)), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True),
+                                   compiler_options=FAST_COMPILE)(p, h0, xs)
   return hs, info, grads
 
 
@@ -51,15 +55,24 @@ CASES = ([(m, mode, "xs", np.nan) for m, mode in VARIANTS]
             for where, v in (("xs", np.inf), ("params", np.nan), ("h0", np.nan), ("h0", -np.inf))])
 
 
+def _poisoned(where, value):
+  _, p, h0, xs = make_problem("gru", D, T, jnp.float64)
+  return _poison(where, float(value), None, p, h0, xs)
+
+
+@functools.lru_cache(maxsize=None)
+def _reference(where, value):
+  """lax.scan's outputs and gradients (one compile per poisoned problem)."""
+  return _run("sequential", None, *_poisoned(where, value))
+
+
 @pytest.mark.parametrize("method,mode,where,value", CASES)
 def test_nonfinite_values_come_out_as_lax_scan_gives_them(method, mode, where, value):
   """NaN / inf in inputs, parameters or h0: the same NaN / inf positions and the
   same finite values as lax.scan, forward and gradient, never flagged converged
   with a different number."""
-  _, p, h0, xs = make_problem("gru", D, T, jnp.float64)
-  p, h0, xs = _poison(where, value, None, p, h0, xs)
-  ref, _, gref = _run("sequential", None, p, h0, xs)
-  hs, info, grads = _run(method, mode, p, h0, xs)
+  ref, _, gref = _reference(where, str(value))
+  hs, info, grads = _run(method, mode, *_poisoned(where, value))
   _assert_same_as_scan(hs, ref, 1e-8)
   for g, gr in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(gref)):
     _assert_same_as_scan(g, gr, 1e-6)
@@ -134,15 +147,15 @@ def test_hessian_equals_the_scans(method):
   """jax.hessian (forward over reverse, through vmap) of every method equals
   lax.scan's: the tangents are those of the exact solution (implicit.py)."""
   p, loss = _hessian_problem()
-  ref = jax.jit(jax.hessian(loss("sequential")))(p)
-  hess = jax.jit(jax.hessian(loss(method)))(p)
+  ref = jax.jit(jax.hessian(loss("sequential")), compiler_options=FAST_COMPILE)(p)
+  hess = jax.jit(jax.hessian(loss(method)), compiler_options=FAST_COMPILE)(p)
   for a, b in zip(jax.tree_util.tree_leaves(hess), jax.tree_util.tree_leaves(ref)):
     np.testing.assert_allclose(a, b, atol=1e-8, rtol=1e-7)
 
 
 def test_reverse_over_reverse_equals_the_scans():
   p, loss = _hessian_problem()
-  ref = jax.jit(jax.hessian(loss("sequential")))(p)
-  hess = jax.jit(jax.jacrev(jax.grad(loss("quasi_deer"))))(p)
+  ref = jax.jit(jax.hessian(loss("sequential")), compiler_options=FAST_COMPILE)(p)
+  hess = jax.jit(jax.jacrev(jax.grad(loss("quasi_deer"))), compiler_options=FAST_COMPILE)(p)
   for a, b in zip(jax.tree_util.tree_leaves(hess), jax.tree_util.tree_leaves(ref)):
     np.testing.assert_allclose(a, b, atol=1e-8, rtol=1e-7)

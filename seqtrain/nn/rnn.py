@@ -22,23 +22,6 @@ DENSE_METHODS = ("deer", "elk")
 MAX_DENSE_STATE = 4096
 
 
-def _sequential_scan(step, params, h0, xs, unroll, options):
-  """``solve(step, params, h0, xs, method="sequential", **options)`` with
-  lax.scan's ``unroll`` (solve has no unroll option): the same (hs, info)."""
-  def body(h, x):
-    h = step(params, h, x)
-    return h, h
-
-  t = jax.tree_util.tree_leaves(xs)[0].shape[0]
-  _, hs = lax.scan(body, h0, xs, length=t, unroll=unroll)
-  # solve's own sequential SolveInfo (constants; it also checks the options): from
-  # a one-step solve whose states are unused, so XLA drops that step under jit.
-  options = {k: v for k, v in options.items() if k != "length"}
-  _, info = solve(step, params, h0, jax.tree_util.tree_map(lambda a: a[:1], xs),
-                  "sequential", **options)
-  return hs, info
-
-
 class ParallelRNN(nn.Module):
   """Applies ``cell`` over the time axis with ``seqtrain.solvers.solve``.
 
@@ -181,10 +164,9 @@ class ParallelRNN(nn.Module):
     proj = fns.project(params, xs_flat, method == "sequential")
     if fns.diag is not None and "diag_jacobian" not in options:
       options["diag_jacobian"] = fns.diag
-    if method == "sequential" and (unroll is True or unroll != 1):
-      one = lambda h0, xp: _sequential_scan(fns.step, params, h0, xp, unroll, options)
-    else:
-      one = lambda h0, xp: solve(fns.step, params, h0, xp, method, **options)
+    if unroll is True or unroll != 1:
+      options["unroll"] = unroll   # lax.scan's; the parallel methods ignore it
+    one = lambda h0, xp: solve(fns.step, params, h0, xp, method, **options)
     carries, info = jax.vmap(one)(carry_flat, proj)  # leaves (N, T, ...)
     if not self.is_initializing():  # init's variables hold parameters only
       self.sow(self.stats_collection, "iterations", jnp.max(info.iterations))

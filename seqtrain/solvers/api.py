@@ -126,7 +126,7 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
           diag_jacobian: Callable | None = None, jvp_batch: int | None = None,
           chunk: int | None = None, mode: str | None = None, adjoint: str | None = None,
           lam_init: float = 1e-3, adaptive_lambda: bool = True, elk_step: str = "smoother",
-          clip: float = 1e8):
+          clip: float = 1e8, unroll: int | bool = 1):
   """Evaluates h_t = step(params, h_{t-1}, x_t), t = 1..T, in parallel over T.
 
   Args:
@@ -172,6 +172,8 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
       gain-ratio adaptation (False: fixed lambda, all steps accepted, as in the
       paper), "smoother" (exact LM step) or "filter" (the paper's filter-only step).
     clip: magnitude at which iterates are clipped (non-finite ones are reset).
+    unroll: lax.scan's ``unroll`` for the sequential method (and its fallback
+      is unchanged); the parallel methods ignore it.
 
   Returns:
     (hs, info): hs has the structure of h0 with a leading axis T (states 1..T);
@@ -208,9 +210,11 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
 
   if method == "sequential":
     def body(h, x):
-      h = step(params, h, x)
+      # The state keeps its dtype (as the parallel methods keep it): a float32
+      # carry stays float32 under float64 inputs or parameters.
+      h = jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), step(params, h, x), h)
       return h, h
-    _, hs = lax.scan(body, h0, xs, length=t)
+    _, hs = lax.scan(body, h0, xs, length=t, unroll=unroll)
     zero = jnp.zeros((), z0.dtype)
     info = SolveInfo(jnp.int32(0), zero, jnp.bool_(True), jnp.bool_(False), zero, jnp.int32(0),
                      jnp.int32(0))
