@@ -12,9 +12,6 @@ seqtrain.solvers.api.CROSSOVER for the platform.
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
-import platform
 import time
 
 
@@ -31,6 +28,7 @@ def main(argv=None):
   import jax.numpy as jnp
   import numpy as np
   from flax import linen as nn
+  from seqtrain import bench
   from seqtrain.nn import ParallelRNN
   from seqtrain.solvers import resolve_method
 
@@ -56,22 +54,15 @@ def main(argv=None):
       rows.append(row)
       print(row, flush=True)
 
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  meta = {"backend": jax.default_backend(), "device": str(jax.devices()[0]),
-          "host": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} CPUs",
-          "jax": jax.__version__, "command": "python benchmarks/auto_crossover.py "
-          + " ".join(argv or __import__("sys").argv[1:]),
-          "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-  (out / "auto_crossover.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-  lines = [f"# method=auto vs sequential and quasi_deer ({meta['backend']}, {meta['host']})", "",
-           f"jax {meta['jax']}; `{meta['command']}`; {meta['date']}", "",
-           "| T | D | B | auto runs | sequential ms | quasi_deer ms | auto ms | auto / best |",
-           "|---:|---:|---:|---|---:|---:|---:|---:|"]
+  env = bench.environment_info(argv)
+  lines = ["# method=auto vs sequential and quasi_deer (GRU forward, float32)", ""]
+  lines += bench._env_lines(env)
+  lines += ["| T | D | B | auto runs | sequential ms | quasi_deer ms | auto ms | auto / best |",
+            "|---:|---:|---:|---|---:|---:|---:|---:|"]
   lines += [f"| {r['T']} | {r['D']} | {r['B']} | {r['auto_runs']} | {r['sequential_ms']} | "
             f"{r['quasi_deer_ms']} | {r['auto_ms']} | {r['auto_vs_best']} |" for r in rows]
-  (out / "auto_crossover.md").write_text("\n".join(lines) + "\n")
-
+  bench._write_json_markdown(args.out, "auto_crossover", "auto_crossover", rows, env,
+                             {"repeats": args.repeats}, "\n".join(lines))
 
 if __name__ == "__main__":
   main()

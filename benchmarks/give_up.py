@@ -10,8 +10,6 @@ give_up.json / .md with ratios, iterations, status and the error vs lax.scan.
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
 import time
 
 
@@ -29,6 +27,7 @@ def main(argv=None):
   jax.config.update("jax_enable_x64", True)
   import jax.numpy as jnp
   import numpy as np
+  from seqtrain import bench
   from seqtrain.bench import lorenz96_problem
   from seqtrain.solvers import STATUS, solve
 
@@ -57,24 +56,18 @@ def main(argv=None):
                    "max_error": float(jnp.max(jnp.abs(hs - ref)))})
       print(rows[-1], flush=True)
 
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  meta = {"backend": jax.default_backend(), "jax": jax.__version__, "T": args.T,
-          "system": "Lorenz-96, D=5, F=8, dt=0.01, RK4, float64",
-          "command": "python benchmarks/give_up.py " + " ".join(
-              argv if argv is not None else __import__("sys").argv[1:]),
-          "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-  (out / "give_up.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-  lines = [f"# Giving up early: {meta['system']}, T={args.T} ({meta['backend']})", "",
-           f"jax {meta['jax']}; `{meta['command']}`; {meta['date']}", "",
-           "| method | give_up | ms | x lax.scan | iterations | status | max error |",
-           "|---|---|---:|---:|---:|---|---:|"]
+  env = bench.environment_info(argv)
+  settings = {"T": args.T, "system": "Lorenz-96, D=5, F=8, dt=0.01, RK4, float64",
+              "repeats": args.repeats}
+  lines = [f"# Giving up early: {settings['system']}, T={args.T}", ""] + bench._env_lines(env)
+  lines += ["| method | give_up | ms | x lax.scan | iterations | status | max error |",
+            "|---|---|---:|---:|---:|---|---:|"]
   for r in rows:
     lines.append(f"| {r['method']} | {r['give_up']} | {r['ms']} | {r['ratio']} | "
                  f"{r.get('iterations', '-')} | {r.get('status', '-')} | "
                  f"{r.get('max_error', 0):.1e} |")
-  (out / "give_up.md").write_text("\n".join(lines) + "\n")
-
+  bench._write_json_markdown(args.out, "give_up", "give_up", rows, env, settings,
+                             "\n".join(lines))
 
 if __name__ == "__main__":
   main()
