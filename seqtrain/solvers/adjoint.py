@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from seqtrain.solvers.fallback import sequential_fill
-from seqtrain.solvers.implicit import exact_jvp
+from seqtrain.solvers.implicit import adjoint_step, exact_jvp, normalised
 from seqtrain.solvers.newton import newton_solve
 from seqtrain.solvers.scan import linear_scan
 
@@ -63,9 +63,7 @@ def quasi_adjoint(fz, diag_lin, params, zprev, xs, g, *, atol, rtol, max_iter):
   _, diag = jax.vmap(diag_lin, in_axes=(None, 0, 0))(params, zprev, xs)
   d_next = _shift_next(diag)
   _, vjp_z = jax.vjp(lambda zp: _vmapped(fz)(params, zp, xs), zprev)
-  scale = jnp.max(jnp.abs(g))
-  scale = jnp.where(scale > 0, scale, jnp.ones_like(scale))
-  gh = g / scale
+  gh, scale = normalised(g)
   atol = jnp.asarray(atol, dtype)
   rtol = jnp.asarray(rtol, dtype)
 
@@ -102,16 +100,6 @@ def input_gradients(fz: Callable, params, z0, zprev, xs, mu):
   return dparams, dzprev[0], dxs
 
 
-def _adjoint_step(fz):
-  """The adjoint recurrence in the w form (see ``shoot_adjoint``), one exact VJP a step:
-  (params, w_{t+1}, (g_t, zprev_t, x_t, ...)) -> w_t = J_t^T (g_t + w_{t+1})."""
-  def step(p, w_next, inp):
-    g_t, zp_t, x_t = inp[:3]
-    _, vjp = jax.vjp(lambda z: fz(p, z, x_t), zp_t)
-    return vjp(g_t + w_next)[0]
-  return step
-
-
 def shoot_adjoint(fz, lin, params, zprev, xs, g, *, kind, atol, rtol, max_iter, chunk=None,
                   give_up=None):
   """Exact adjoint by the forward solver's own multiple-shooting Newton.
@@ -130,10 +118,8 @@ def shoot_adjoint(fz, lin, params, zprev, xs, g, *, kind, atol, rtol, max_iter, 
   Returns (mu, iterations, converged).
   """
   t = g.shape[0]
-  scale = jnp.max(jnp.abs(g))
-  scale = jnp.where(scale > 0, scale, jnp.ones_like(scale))
-  gh = g / scale
-  step = _adjoint_step(fz)
+  gh, scale = normalised(g)
+  step = adjoint_step(fz)
 
   if kind == "diag":
     # Diagonals once for all steps (O(T D)); dense blocks are formed per pass.
@@ -159,11 +145,11 @@ def shoot_adjoint(fz, lin, params, zprev, xs, g, *, kind, atol, rtol, max_iter, 
 def sequential_adjoint_fill(fz, ok, mu, params, zprev, xs, g):
   """``mu`` where the iterative adjoint converged, else the exact sequential adjoint.
 
-  The sequential w recurrence of ``_adjoint_step`` runs backwards in place
+  The sequential w recurrence of ``adjoint_step`` runs backwards in place
   (no reversed copies of the inputs), for a whole batch once, and only when
   some sequence failed; see fallback.py.
   """
   t = g.shape[0]
-  w = sequential_fill(_adjoint_step(fz), ok, jnp.zeros_like(g)[:, None], params,
+  w = sequential_fill(adjoint_step(fz), ok, jnp.zeros_like(g)[:, None], params,
                       jnp.zeros_like(g[0]), (g, zprev, xs), length=t, reverse=True)[:, 0]
   return jnp.where(ok, mu, g + _shift_next(w))

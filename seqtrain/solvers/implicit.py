@@ -30,6 +30,25 @@ from jax import lax
 
 from seqtrain.solvers.newton import newton_solve
 
+
+def adjoint_step(fz: Callable):
+  """One step of the adjoint recurrence in the w form, one exact VJP:
+  (params, w_next, (g_t, zprev_t, x_t, ...)) -> w_t = J_t^T (g_t + w_next)."""
+  def step(params, w_next, inp):
+    g_t, zp_t, x_t = inp[:3]
+    _, vjp = jax.vjp(lambda z: fz(params, z, x_t), zp_t)
+    return vjp(g_t + w_next)[0]
+  return step
+
+
+def normalised(x):
+  """(x / s, s) with s = max |x| (1 where x is zero): the iterative linear solves
+  measure their tolerances on O(1) right-hand sides."""
+  scale = jnp.max(jnp.abs(x))
+  scale = jnp.where(scale > 0, scale, jnp.ones_like(scale))
+  return x / scale, scale
+
+
 def _shift(first, z, reverse):
   """z_{t-1} at t (first at t = 0); with ``reverse`` z_{t+1} (first at the end)."""
   if reverse:
@@ -65,20 +84,16 @@ def linear_recurrence_solver(fz: Callable, lin: Callable, *, kind: str, reverse:
     zp, x, _ = inp
     return tangent_step(params, v, inp), lin(params, zp, x)[1]
 
-  def adjoint_step(params, w, inp):       # w_t = J_t^T (g_t + w_next)
-    g, zp, x = inp
-    _, vjp = jax.vjp(lambda zz: fz(params, zz, x), zp)
-    return vjp(g + w)[0]
+  adj_step = adjoint_step(fz)             # w_t = J_t^T (g_t + w_next)
 
   def adjoint_lin(params, w, inp):
     _, zp, x = inp
-    return adjoint_step(params, w, inp), _transpose(lin(params, zp, x)[1], kind)
+    return adj_step(params, w, inp), _transpose(lin(params, zp, x)[1], kind)
 
   def solvers(params, zprev, xs):
     def solve(_, b):
-      scale = jnp.max(jnp.abs(b))
-      scale = jnp.where(scale > 0, scale, jnp.ones_like(scale))
-      v, _ = newton_solve(tangent_lin, params, jnp.zeros_like(b[0]), (zprev, xs, b / scale),
+      bh, scale = normalised(b)
+      v, _ = newton_solve(tangent_lin, params, jnp.zeros_like(b[0]), (zprev, xs, bh),
                           jnp.zeros_like(b), length=b.shape[0], kind=kind, atol=atol, rtol=rtol,
                           chunk=chunk, mode="shoot", reverse=reverse, fallback=tangent_step,
                           custom_batching=False)
@@ -86,12 +101,10 @@ def linear_recurrence_solver(fz: Callable, lin: Callable, *, kind: str, reverse:
 
     def transpose_solve(_, g):
       # (A^T y)_t = y_t - J_next^T y_next: y = g + w shifted, w the adjoint recurrence.
-      scale = jnp.max(jnp.abs(g))
-      scale = jnp.where(scale > 0, scale, jnp.ones_like(scale))
-      gh = g / scale
+      gh, scale = normalised(g)
       w, _ = newton_solve(adjoint_lin, params, jnp.zeros_like(g[0]), (gh, zprev, xs),
                           jnp.zeros_like(g), length=g.shape[0], kind=kind, atol=atol, rtol=rtol,
-                          chunk=chunk, mode="shoot", reverse=not reverse, fallback=adjoint_step,
+                          chunk=chunk, mode="shoot", reverse=not reverse, fallback=adj_step,
                           custom_batching=False)
       nxt = _shift(jnp.zeros_like(w[0]), w, not reverse)
       return (gh + nxt) * scale
