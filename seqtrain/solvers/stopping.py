@@ -37,10 +37,6 @@ GIVE_UP_MIN_ITERS = 3
 DEFAULT_GIVE_UP = 0.5
 
 
-def status_name(code) -> str:
-  return STATUS[int(code)]
-
-
 def exact_prefix(ok, bad):
   """Blocks in causal order: ``ok`` (N,) the block's start met the tolerance
   (True for the first block, whose start is h0), ``bad`` (N,) the block met a
