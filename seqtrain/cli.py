@@ -2,6 +2,7 @@
 
     seqtrain train --config configs/basic_motions.py --workdir runs/bm [--config.field=value ...]
     seqtrain eval  --workdir runs/bm [--split test] [--checkpoint best|latest|STEP] [--data NAME|FILE]
+                   [--length N [--size M]] [--method M] [--batch-size B]
     seqtrain plot  --workdir runs/bm
     seqtrain data  list | download NAME | prepare NAME | inspect NAME_OR_FILE
     seqtrain bench [--T 1000,10000] [--D 8,64] [--batch 16] [--methods ...] [--grad] [--out DIR]
@@ -126,7 +127,8 @@ def _eval(args) -> int:
   _distributed(args)
   from seqtrain.train.evaluate import evaluate_workdir
   evaluate_workdir(args.workdir, split=args.split, checkpoint=args.checkpoint, data=args.data,
-                   data_dir=args.data_dir)
+                   data_dir=args.data_dir, length=args.length, size=args.size,
+                   method=args.method, batch_size=args.batch_size)
   return 0
 
 
@@ -167,6 +169,15 @@ def main(argv=None) -> int:
   ev.add_argument("--data", default=None,
                   help="evaluate on another archive dataset (by name) or a .ts/.npz file")
   ev.add_argument("--data-dir", default=None, help="extra folder to look for --data in")
+  ev.add_argument("--length", type=int, default=None,
+                  help="synthetic tasks: evaluate on freshly generated series of this length "
+                       "(train short, infer long)")
+  ev.add_argument("--size", type=int, default=None,
+                  help="with --length: number of examples (default: the run's split size)")
+  ev.add_argument("--method", default=None,
+                  help="solver method to run (default: the run's, e.g. auto)")
+  ev.add_argument("--batch-size", type=int, default=None,
+                  help="examples per eval batch (default: the run's train.eval_batch_size)")
   _add_distributed_flags(ev)
 
   plot = sub.add_parser("plot", help="PNG of the loss/accuracy/validation/solver curves")

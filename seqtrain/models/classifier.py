@@ -2,6 +2,8 @@
 
 ``SequenceClassifier``: encoder Dense -> ``depth`` residual blocks of
 [LayerNorm -> RNN -> residual -> LayerNorm -> MLP -> residual] -> pooled head.
+Poolings over the valid steps: "mean", "max", "mean_max" (both, side by
+side: a stationary property and a short event anywhere), "last".
 With ``pooling="mean_logits"`` it is the papers' EigenWorms model (per-step
 logits averaged over valid time steps; docs/method.md, "Training recipe").
 Parameters carry logical axis names ("embed", "mlp", "classes") through
@@ -15,11 +17,13 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax.core import FrozenDict
 
-from seqtrain.nn import DiagGRUCell, DiagLSTMCell, ParallelRNN
+from seqtrain.nn import DiagGRUCell, DiagLSTMCell, LRUCell, ParallelRNN
 
 CELLS = {"gru": nn.GRUCell, "lstm": nn.LSTMCell, "simple": nn.SimpleCell,
-         "diag_gru": DiagGRUCell, "diag_lstm": DiagLSTMCell}
-POOLINGS = ("mean", "last", "mean_logits")
+         "diag_gru": DiagGRUCell, "diag_lstm": DiagLSTMCell, "lru": LRUCell}
+import os
+NORM_FIRST = os.environ.get("NORM_FIRST") == "1"
+POOLINGS = ("mean", "max", "mean_max", "last", "mean_logits")
 
 
 def _dense(features, names, name=None, use_bias=True):
@@ -32,6 +36,14 @@ def masked_mean(x, mask):
   """Mean over the time axis (-2) of x where mask (..., T) is True."""
   m = mask[..., None].astype(x.dtype)
   return jnp.sum(x * m, axis=-2) / jnp.maximum(jnp.sum(m, axis=-2), 1.0)
+
+
+def masked_max(x, mask):
+  """Max over the time axis (-2) of x where mask (..., T) is True (0 where no
+  step is valid)."""
+  m = mask[..., None]
+  out = jnp.max(jnp.where(m, x, -jnp.inf), axis=-2)
+  return jnp.where(jnp.any(m, axis=-2), out, 0.0)
 
 
 class _SolverOptionsFrozen:
@@ -50,14 +62,18 @@ class ResidualBlock(_SolverOptionsFrozen, nn.Module):
   solver_options: Mapping[str, Any] = FrozenDict()
   mlp_ratio: int = 1
   dropout: float = 0.0
+  norm_input: bool = True
 
   @nn.compact
   def __call__(self, x, lengths, *, train: bool = False):
     if self.cell not in CELLS:
       raise ValueError(f"unknown cell {self.cell!r}; valid cells: {', '.join(CELLS)}")
-    y = nn.LayerNorm(name="norm_rnn")(x)
-    y = ParallelRNN(CELLS[self.cell](self.width), method=self.method,
+    y = nn.LayerNorm(name="norm_rnn")(x) if self.norm_input else x
+    cell = CELLS[self.cell](self.width * int(os.environ.get("LRU_STATE", "1")) if self.cell == "lru" else self.width)
+    y = ParallelRNN(cell, method=self.method,
                     solver_options=self.solver_options, name="rnn")(y, seq_lengths=lengths)
+    if y.shape[-1] != self.width:   # e.g. LRUCell's [Re h, Im h]
+      y = _dense(self.width, ("mlp", "embed"), "rnn_out")(y)
     x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
     y = nn.LayerNorm(name="norm_mlp")(x)
     y = nn.gelu(_dense(self.width * self.mlp_ratio, ("embed", "mlp"), "mlp_in")(y))
@@ -92,12 +108,19 @@ class SequenceClassifier(_SolverOptionsFrozen, nn.Module):
     mask = jnp.arange(t)[None, :] < lengths[:, None]
     h = _dense(self.width, ("features", "embed"), "encoder")(x)
     for i in range(self.depth):
+      # The first block reads the encoder's output as it is: a LayerNorm over
+      # features of a projection of few channels keeps little more than their
+      # signs (one channel: exactly the sign), and the recurrence needs amplitudes.
       h = ResidualBlock(self.width, self.cell, self.method, self.solver_options, self.mlp_ratio,
-                        self.dropout, name=f"block_{i}")(h, lengths, train=train)
+                        self.dropout, norm_input=i > 0 or NORM_FIRST, name=f"block_{i}")(h, lengths, train=train)
     head = _dense(self.num_classes, ("embed", "classes"), "head")
     if self.pooling == "mean_logits":
       return masked_mean(head(h), mask)
     if self.pooling == "mean":
       return head(masked_mean(h, mask))
+    if self.pooling == "max":
+      return head(masked_max(h, mask))
+    if self.pooling == "mean_max":
+      return head(jnp.concatenate([masked_mean(h, mask), masked_max(h, mask)], -1))
     last = jnp.take_along_axis(h, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)[:, 0]
     return head(last)

@@ -10,6 +10,7 @@ diagonal from forward-mode JVPs.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -268,12 +269,98 @@ def _diag_lstm(cell):
   return _lstm_fns(_diag_rec_gates(_LSTM_GATES), _diag_rec_diag)
 
 
+def _lru_lambda(p):
+  """The complex diagonal lambda = exp(-exp(nu_log) + i exp(theta_log))."""
+  return jnp.exp(-jnp.exp(p["nu_log"]) + 1j * jnp.exp(p["theta_log"]))
+
+
+def _lru(cell):
+  """h' = lambda * h + gamma * (B x): linear in h, so the quasi methods' diagonal
+  (lambda itself) is the exact Jacobian and Newton ends in one iteration."""
+  def project(p, xs, split=True):
+    # Two real matmuls (a complex one is several times slower on CPU).
+    g = jnp.exp(p["gamma_log"])
+    return jax.lax.complex(xs @ (p["B_re"] * g), xs @ (p["B_im"] * g))
+
+  def step(p, h, bx):
+    return _lru_lambda(p) * h + bx
+
+  def diag(p, h, bx):
+    lam = _lru_lambda(p)
+    return lam * h + bx, jnp.broadcast_to(lam, h.shape)
+
+  return CellFns(project, step, diag, lambda h: jnp.concatenate([h.real, h.imag], -1))
+
+
+def _ring_init(min_timescale, max_timescale):
+  """nu_log for |lambda| = 1 - 1/tau with tau log-uniform in [min, max]."""
+  def init(key, shape, dtype):
+    tau = jnp.exp(jax.random.uniform(key, shape, jnp.float32, jnp.log(min_timescale),
+                                     jnp.log(max_timescale)))
+    nu = -jnp.log1p(-1.0 / tau)   # |lambda| = exp(-nu)
+    return jnp.log(nu).astype(dtype)
+  return init
+
+
+class LRUCell(nn.RNNCellBase):
+  """Linear recurrent unit (Orvieto et al. 2023): a complex diagonal recurrence.
+
+  h' = lambda * h + gamma * (B x), lambda = exp(-exp(nu_log) + i exp(theta_log)),
+  gamma = sqrt(1 - |lambda|^2) at initialisation (learned as gamma_log), B
+  complex.  The carry is complex (``features`` units); the output is
+  [Re h, Im h] (2 * ``features`` reals).  Each unit is a damped rotation: a
+  resonator at frequency theta / (2 pi) cycles per step with memory
+  1 / (1 - |lambda|) steps, so the layer can integrate over long times and pick
+  out oscillations, which a real diagonal recurrence cannot.
+
+  Initialisation for long sequences: memories log-uniform in
+  [``min_timescale``, ``max_timescale``] steps (the eigenvalues on a ring
+  close to 1), phases uniform in [0, ``max_phase``].  Being linear in h with a
+  diagonal Jacobian, every parallel method is exact Newton here: quasi-DEER and
+  DEER end after one iteration.
+  """
+  features: int
+  min_timescale: float = 4.0
+  max_timescale: float = 4096.0
+  max_phase: float = math.pi
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, carry, inputs):
+    f = inputs.shape[-1]
+    nu_log = self.param("nu_log", _ring_init(self.min_timescale, self.max_timescale),
+                        (self.features,), self.param_dtype)
+    self.param("theta_log", lambda k, s, d: jnp.log(
+        jax.random.uniform(k, s, d, 1e-3, 1.0) * self.max_phase), (self.features,),
+               self.param_dtype)
+    self.param("gamma_log", lambda k, s, d: 0.5 * jnp.log1p(-jnp.exp(-2 * jnp.exp(nu_log))
+                                                            ).astype(d),
+               (self.features,), self.param_dtype)
+    b_init = nn.initializers.normal(1.0 / math.sqrt(2 * f))
+    for name in ("B_re", "B_im"):
+      self.param(name, b_init, (f, self.features), self.param_dtype)
+    fns = _lru(self)
+    p = self.variables["params"]
+    new = fns.step(p, carry, fns.project(p, inputs))
+    return new, fns.output(new)
+
+  @nn.nowrap
+  def initialize_carry(self, rng, input_shape):
+    dtype = jnp.result_type(self.param_dtype, jnp.complex64)
+    return jnp.zeros(input_shape[:-1] + (self.features,), dtype)
+
+  @property
+  def num_feature_axes(self) -> int:
+    return 1
+
+
 _BUILTIN = {}  # filled below; type -> factory
 
 
 def _register():
   _BUILTIN[DiagGRUCell] = _diag_gru
   _BUILTIN[DiagLSTMCell] = _diag_lstm
+  _BUILTIN[LRUCell] = _lru
 
 
 _register()

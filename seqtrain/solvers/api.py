@@ -17,7 +17,7 @@ from seqtrain.solvers.implicit import exact_jvp
 from seqtrain.solvers.jacobians import (dense_linearization, flat_diag_hook, flat_step,
                                         jvp_diag_linearization)
 from seqtrain.solvers.newton import MODES, newton_solve
-from seqtrain.solvers.stopping import DEFAULT_GIVE_UP, STATUS
+from seqtrain.solvers.stopping import DEFAULT_GIVE_UP, STATUS, real_dtype
 
 METHODS = ("sequential", "deer", "quasi_deer", "elk", "quasi_elk")
 ALIASES = {"ike": "elk", "quasi_ike": "quasi_elk"}
@@ -60,8 +60,9 @@ class SolverError(RuntimeError):
 
 
 def default_tolerances(dtype) -> tuple[float, float]:
-  """(atol, rtol) on the per-step residual for a state dtype."""
-  dtype = jnp.dtype(dtype)
+  """(atol, rtol) on the per-step residual for a state dtype (complex states:
+  those of their real dtype)."""
+  dtype = jnp.dtype(real_dtype(dtype))
   if dtype == jnp.float64:
     return 1e-10, 1e-10
   if dtype == jnp.float32:
@@ -195,8 +196,8 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
   t = _sequence_length(xs, length)
   method = resolve_method(method, t)
   z0, unravel = ravel_pytree(h0)
-  if not jnp.issubdtype(z0.dtype, jnp.floating):
-    raise TypeError(f"the state must be floating point, got {z0.dtype}")
+  if not jnp.issubdtype(z0.dtype, jnp.inexact):
+    raise TypeError(f"the state must be floating point or complex, got {z0.dtype}")
   d_atol, d_rtol = default_tolerances(z0.dtype)
   atol = d_atol if atol is None else atol
   rtol = d_rtol if rtol is None else rtol

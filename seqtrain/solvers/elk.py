@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from seqtrain.solvers.scan import kalman_smoother_mean, linear_scan, ops_for
-from seqtrain.solvers.stopping import (CONVERGED, DEFAULT_GIVE_UP, projected_too_long,
+from seqtrain.solvers.stopping import (CONVERGED, DEFAULT_GIVE_UP, clip_magnitude, projected_too_long, real_dtype,
                                        status_code)
 
 
@@ -46,15 +46,16 @@ def elk_solve(lin: Callable, params, z0, xs, zinit, *, kind: str, atol: float, r
   if max_iter is None:
     max_iter = t
   dtype = z0.dtype
+  rdtype = real_dtype(dtype)   # residuals, merit and damping are real
   lin_t = jax.vmap(lin, in_axes=(None, 0, 0))
-  atol = jnp.asarray(atol, dtype)
-  rtol = jnp.asarray(rtol, dtype)
+  atol = jnp.asarray(atol, rdtype)
+  rtol = jnp.asarray(rtol, rdtype)
 
   def evaluate(z):
     zprev = jnp.concatenate([z0[None], z[:-1]])
     fx, a = lin_t(params, zprev, xs)
     r = z - fx
-    merit = 0.5 * jnp.sum(r * r)
+    merit = 0.5 * jnp.sum(jnp.abs(r) ** 2)
     merit = jnp.where(jnp.isfinite(merit), merit, jnp.inf)
     ratio_t = jnp.max(jnp.abs(r) / (atol + rtol * jnp.abs(z)), axis=-1)
     ok_t = ratio_t <= 1.0
@@ -92,7 +93,7 @@ def elk_solve(lin: Callable, params, z0, xs, zinit, *, kind: str, atol: float, r
     # Past the converged prefix the (nearly) undamped step of a chaotic system can
     # grow without bound; clipped like DEER's iterate, it stays finite, so a step
     # that lengthens the prefix can always be accepted and the T bound holds.
-    cand = jnp.clip(cand, -clip, clip)
+    cand = clip_magnitude(cand, clip)
     # Non-finite components keep their old value (elementwise, as in DEER), so a
     # non-finite true value downstream does not block progress before it.
     finite_el = jnp.isfinite(cand)
@@ -101,15 +102,15 @@ def elk_solve(lin: Callable, params, z0, xs, zinit, *, kind: str, atol: float, r
     c_fx, c_a, c_zprev, c_merit, c_ratio, c_absr, c_prefix, c_nonfinite = evaluate(cand)
     # Predicted merit from the linear model the step minimised.
     lin_r = cand - ops.mv(a, c_zprev) - u
-    predicted = merit - 0.5 * jnp.sum(lin_r * lin_r)
-    rho = (merit - c_merit) / jnp.maximum(predicted, jnp.finfo(dtype).tiny)
+    predicted = merit - 0.5 * jnp.sum(jnp.abs(lin_r) ** 2)
+    rho = (merit - c_merit) / jnp.maximum(predicted, jnp.finfo(rdtype).tiny)
     accept = ((c_merit < merit) | (c_prefix > prefix)) if adaptive else jnp.bool_(True)
     if adaptive:
       shrink = jnp.maximum(0.1, 1.0 - (2.0 * rho - 1.0) ** 3)
       improved = c_merit < merit
       # A prefix-only acceptance (merit not lower) leaves lambda as it is.
       lam_new = jnp.where(improved, lam * shrink, jnp.where(accept, lam, lam * nu))
-      nu = jnp.where(improved, jnp.asarray(2.0, dtype), jnp.where(accept, nu, 2.0 * nu))
+      nu = jnp.where(improved, jnp.asarray(2.0, rdtype), jnp.where(accept, nu, 2.0 * nu))
       lam = jnp.clip(lam_new, lam_min, lam_max)
     pick = lambda new, old: jnp.where(accept, new, old)
     ratio = pick(c_ratio, ratio)
@@ -122,7 +123,7 @@ def elk_solve(lin: Callable, params, z0, xs, zinit, *, kind: str, atol: float, r
   z = zinit.astype(dtype)
   fx, a, zprev, merit, ratio, absr, prefix, nonfinite = evaluate(z)
   state = (jnp.int32(0), z, fx, a, zprev, merit, absr, ratio, prefix,
-           jnp.asarray(lam_init, dtype), jnp.asarray(2.0, dtype), jnp.int32(0), nonfinite[1],
+           jnp.asarray(lam_init, rdtype), jnp.asarray(2.0, rdtype), jnp.int32(0), nonfinite[1],
            nonfinite)
   out = lax.while_loop(cond, body, state)
   it, z, absr, ratio, prefix, lam, resets, ratio1, nonfinite = (

@@ -40,7 +40,7 @@ from jax import lax
 
 from seqtrain.solvers.fallback import broadcast_unbatched, sequential_fill, vmap_axes
 from seqtrain.solvers.scan import linear_scan, ops_for
-from seqtrain.solvers.stopping import (CONVERGED, DEFAULT_GIVE_UP, exact_prefix,
+from seqtrain.solvers.stopping import (CONVERGED, DEFAULT_GIVE_UP, clip_magnitude, exact_prefix, real_dtype,
                                        projected_too_long, status_code)
 
 
@@ -144,10 +144,11 @@ def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str
   if max_iter is None:
     max_iter = causal_bound(t, k, mode)
   dtype = z0.dtype
+  rdtype = real_dtype(dtype)
   lin_c = jax.vmap(lin, in_axes=(None, 0, 0))
   cidx = jnp.arange(c) * k
-  atol = jnp.asarray(atol, dtype)
-  rtol = jnp.asarray(rtol, dtype)
+  atol = jnp.asarray(atol, rdtype)
+  rtol = jnp.asarray(rtol, rdtype)
 
   def x_at(kk):
     return gather_time(xs, jnp.minimum(cidx + kk, t - 1))
@@ -187,7 +188,7 @@ def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str
         bufs = (bufs[0].at[kk].set(s), bufs[1].at[kk].set(p))
       return zk, s, p, ratio, ratio_fin, absr, first_bad, first_nf, bufs
 
-    zero = jnp.zeros((), dtype)
+    zero = jnp.zeros((), rdtype)
     none = jnp.full((c,), k, jnp.int32)
     init = (starts_of(z), zeros, p_init, zero, zero, zero, none, none, bufs)
     _, s_last, p_last, ratio, ratio_fin, absr, first_bad, first_nf, bufs = lax.fori_loop(
@@ -206,7 +207,7 @@ def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str
   def clean(znew, zold):
     bad = ~jnp.isfinite(znew)
     # Non-finite iterates fall back to the previous iterate; huge ones are clipped.
-    return jnp.where(bad, zold, jnp.clip(znew, -clip, clip)), jnp.any(bad)
+    return jnp.where(bad, zold, clip_magnitude(znew, clip)), jnp.any(bad)
 
   def update(z, bufs, s_last, p_last, stop):
     """The next iterate (z itself where ``stop``), and whether a reset happened."""
@@ -250,7 +251,7 @@ def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str
     return (n + (~stop).astype(jnp.int32), z, ratio, absr, resets + bad.astype(jnp.int32),
             ratio1, status_code(converged, nonfinite, gave_up), stop)
 
-  zero = jnp.zeros((), dtype)
+  zero = jnp.zeros((), rdtype)
   state = (jnp.int32(0), to_chunks(zinit.astype(dtype), k, c), zero, zero, jnp.int32(0), zero,
            jnp.int32(0), jnp.bool_(False))
   it, z, ratio, absr, resets, _, status, _ = lax.while_loop(cond, body, state)
@@ -278,6 +279,7 @@ def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_it
   the tail padding then goes in front, where it is visited last.
   """
   dtype = z0.dtype
+  rdtype = real_dtype(dtype)
   lin_c = jax.vmap(lin, in_axes=(None, 0, 0))
   pad = k * c - t
   # Layout (C, K, ...): chunk c holds rows [cK, cK + K), so going to and from
@@ -298,7 +300,7 @@ def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_it
 
   def clean(znew, zold):
     bad = ~jnp.isfinite(znew)
-    return jnp.where(bad, zold, jnp.clip(znew, -clip, clip)), bad
+    return jnp.where(bad, zold, clip_magnitude(znew, clip)), bad
 
   def run_chunks(h, z, params, xc):
     """Trajectory z (C, K, D) from the starts h (C, D), the chunks' Jacobian
@@ -311,7 +313,7 @@ def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_it
       # component keeps its old value and breaks the chain (its Jacobian row is
       # not that of the stored state).
       ok = jnp.isfinite(fx)
-      fx = jnp.where(ok, jnp.clip(fx, -clip, clip), z[:, kk])
+      fx = jnp.where(ok, clip_magnitude(fx, clip), z[:, kk])
       a = jnp.where((ok[..., None] if a.ndim > ok.ndim else ok) & jnp.isfinite(a), a, 0)
       return fx, ops.mm(a, p), z.at[:, kk].set(fx), bad | ~ok
 
@@ -375,7 +377,7 @@ def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_it
 
   zc = rows(zinit.astype(dtype))
   h = jnp.where(linked[:, None], incoming(zc[:, last], z0), z0)
-  zero = jnp.zeros((), dtype)
+  zero = jnp.zeros((), rdtype)
   state = (jnp.int32(0), h, zc, zero, zero, jnp.int32(0), zero, jnp.int32(0), jnp.bool_(False))
   it, h, z, ratio, absr, resets, _, status, _ = solve_loop(state, params, z0, xc)
   ok = status == CONVERGED

@@ -36,7 +36,8 @@ class DiagOps:
 
   @staticmethod
   def t(a):
-    return a
+    """The adjoint (conjugate transpose; for real matrices the transpose)."""
+    return jnp.conj(a)
 
   @staticmethod
   def eye(x):
@@ -65,7 +66,8 @@ class DenseOps:
 
   @staticmethod
   def t(a):
-    return jnp.swapaxes(a, -1, -2)
+    """The adjoint (conjugate transpose; for real matrices the transpose)."""
+    return jnp.conj(jnp.swapaxes(a, -1, -2))
 
   @staticmethod
   def eye(x):

@@ -37,6 +37,21 @@ GIVE_UP_MIN_ITERS = 3
 DEFAULT_GIVE_UP = 0.5
 
 
+def real_dtype(dtype):
+  """The real dtype of residuals and tolerances for a state dtype (complex64 ->
+  float32)."""
+  return jnp.finfo(dtype).dtype
+
+
+def clip_magnitude(z, clip: float):
+  """z with every component's magnitude capped at ``clip`` (complex components
+  keep their phase)."""
+  if jnp.iscomplexobj(z):
+    m = jnp.abs(z)
+    return jnp.where(m > clip, z * (clip / jnp.maximum(m, clip)), z)
+  return jnp.clip(z, -clip, clip)
+
+
 def exact_prefix(ok, bad):
   """Blocks in causal order: ``ok`` (N,) the block's start met the tolerance
   (True for the first block, whose start is h0), ``bad`` (N,) the block met a

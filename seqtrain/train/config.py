@@ -31,7 +31,8 @@ ALIASES = {"ike": "elk", "quasi_ike": "quasi_elk"}
 AUTO = "auto"   # resolved when the model is traced: seqtrain.solvers.resolve_method
 MODES = ("shoot", "store", "recompute")
 ADJOINTS = ("shoot", "dense", "quasi", "sequential", "approx")
-CELLS = ("gru", "lstm", "simple", "diag_gru", "diag_lstm")
+CELLS = ("gru", "lstm", "simple", "diag_gru", "diag_lstm", "lru")
+POOLINGS = ("mean", "max", "mean_max", "last", "mean_logits")
 
 # Fields whose change makes a checkpoint unusable (parameter shapes, model or data meaning).
 SHAPE_FIELDS = ("model.width", "model.depth", "model.cell", "model.pooling", "model.mlp_ratio",
@@ -249,8 +250,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check(all(isinstance(b, int) and b > 0 for b in c.data.bucket_boundaries),
          "data.bucket_boundaries", c.data.bucket_boundaries, "expected positive integers")
   _check(c.model.cell in CELLS, "model.cell", c.model.cell, f"expected one of {', '.join(CELLS)}")
-  _check(c.model.pooling in ("mean", "last", "mean_logits"), "model.pooling", c.model.pooling,
-         "expected mean, last or mean_logits")
+  _check(c.model.pooling in POOLINGS, "model.pooling", c.model.pooling,
+         f"expected one of {', '.join(POOLINGS)}")
   _check(0.0 <= c.model.dropout < 1.0, "model.dropout", c.model.dropout, "must be in [0, 1)")
   _check(ALIASES.get(c.model.solver.method, c.model.solver.method) in METHODS + (AUTO,),
          "model.solver.method", c.model.solver.method,

@@ -3,13 +3,20 @@
 Writes ``<workdir>/eval/<split>-<checkpoint>.json`` (accuracy, balanced accuracy,
 per-class precision / recall / F1, confusion matrix) and a confusion-matrix PNG
 beside it. Normalisation uses the statistics of the run's training split.
+
+Train short, infer long: ``length=N`` regenerates a synthetic task's split at
+length N (same seed, same examples' labels and nuisance draws, longer series)
+and reports the task's oracle accuracy on the same series, the solver's
+iterations per layer and the compiled program's memory.
 """
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from seqtrain.data import sources
 from seqtrain.data.pipeline import Normalizer, ShardInfo
@@ -55,13 +62,85 @@ def _external_source(spec: str, split: str, info: dict, data_dir: str | None) ->
   return sources.relabel(data, classes)
 
 
+def _at_length(config_dict: dict, workdir: Path, length: int, size: int | None,
+               split: str) -> dict:
+  """The run's config with its synthetic task regenerated at ``length`` steps."""
+  d = config_dict.get("data", {})
+  if d.get("source") != "synthetic":
+    what = d.get("train_file") if d.get("source") == "files" else d.get("name")
+    raise EvalError(f"--length {length}: {workdir} was trained on {d.get('source')} data "
+                    f"({what}); only synthetic tasks (data.source=synthetic) can be regenerated "
+                    "at another length")
+  if length < 1:
+    raise EvalError(f"--length {length}: must be >= 1")
+  d = dict(d, length=int(length))
+  if size is not None:
+    if size < 1:
+      raise EvalError(f"--size {size}: must be >= 1")
+    d[f"{split}_size"] = int(size)
+  return dict(config_dict, data=d)
+
+
+def _oracle_accuracy(source) -> float | None:
+  """The synthetic task's reference classifier on ``source`` (None for other data)."""
+  if not hasattr(source, "oracle"):
+    return None
+  hits = [source.oracle(source[i]["series"]) == int(source.labels[i]) for i in range(len(source))]
+  return float(np.mean(hits))
+
+
+class _ReportingEval:
+  """The jitted eval step, compiled per batch shape; the first compile reports
+  its memory (XLA's memory analysis of the compiled program)."""
+
+  def __init__(self, fn, say):
+    self.fn, self.say, self.compiled, self.memory = fn, say, {}, None
+
+  def __call__(self, params, batch):
+    key = tuple((k, v.shape) for k, v in batch.items())
+    if key not in self.compiled:
+      t0 = time.perf_counter()
+      self.compiled[key] = self.fn.lower(params, batch).compile()
+      from seqtrain.bench import compiled_memory
+      mem = compiled_memory(self.compiled[key])
+      if self.memory is None:
+        self.memory = dict(mem, batch_shape=list(batch["inputs"].shape))
+      detail = ", ".join(f"{k.split('_')[0]} {v / 2**20:.1f} MiB" for k, v in mem.items()
+                         if v is not None)
+      self.say(f"compiled eval step for batch {tuple(batch['inputs'].shape)} in "
+               f"{time.perf_counter() - t0:.1f} s" + (f": {detail}" if detail else ""))
+    return self.compiled[key](params, batch)
+
+
 def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str = "best",
                      data: str | None = None, data_dir: str | None = None,
+                     length: int | None = None, size: int | None = None,
+                     method: str | None = None, batch_size: int | None = None,
                      say=print) -> dict:
+  """Evaluates a workdir's checkpoint on one split (or ``data``).
+
+  ``length``: regenerate the run's synthetic task at this length (``size``
+  examples of the split, default the run's split size); ``method``: the solver
+  method to run (default the run's); ``batch_size``: examples per eval batch
+  (default the run's ``train.eval_batch_size``)."""
   workdir = Path(workdir).absolute()
   config_path = workdir / "config.json"
+  config_dict = _load_json(config_path, "config.json")
+  if length is not None and data:
+    raise EvalError("--length regenerates the run's synthetic task; it cannot be combined "
+                    f"with --data {data}")
+  if length is not None:
+    config_dict = _at_length(config_dict, workdir, length, size, split)
+  elif size is not None:
+    raise EvalError("--size applies with --length (a regenerated synthetic split)")
+  if method is not None:
+    config_dict = dict(config_dict, model=dict(config_dict.get("model", {}), solver=dict(
+        config_dict.get("model", {}).get("solver", {}), method=method)))
+  if batch_size is not None:
+    config_dict = dict(config_dict, train=dict(config_dict.get("train", {}),
+                                               eval_batch_size=batch_size))
   try:
-    config = config_lib.config_from_dict(_load_json(config_path, "config.json"))
+    config = config_lib.config_from_dict(config_dict)
   except config_lib.ConfigError as e:
     raise EvalError(f"{config_path}: {e}") from None
   info = _load_json(workdir / "data.json", "data.json")
@@ -72,9 +151,16 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str =
     source = _external_source(data, split, info, data_dir)
     label = f"{Path(data).stem}-{split}" if not Path(data).is_file() else Path(data).stem
   else:
-    bundle = data_lib.build_data(config, workdir)
-    source = bundle.split(split)
-    label = split
+    if length is not None:
+      from seqtrain.data.synthetic import make_task
+      d = config.data
+      source = make_task(d.name, split=split, length=d.length, size=d[f"{split}_size"],
+                         seed=config.seed, num_classes=d.num_classes, channels=d.channels)
+      label = f"{split}-length{length}"
+    else:
+      bundle = data_lib.build_data(config, workdir)
+      source = bundle.split(split)
+      label = split
   normalizer = Normalizer.from_json(info["normalizer"]) if info.get("normalizer") else None
   bundle = data_lib.DataBundle(None, None, None, tuple(info["class_names"]), info["num_channels"],
                                normalizer, info["max_length"], "")
@@ -107,10 +193,20 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str =
   say(f"evaluating {which} checkpoint (step {restored_step}) of {workdir} on {label}: "
       f"{len(source)} examples")
 
-  eval_fn = jax.jit(steps_lib.make_eval_step(model, mesh, len(bundle.class_names)))
+  if length is not None:
+    from seqtrain.train.trainer import solver_plan
+    say(solver_plan(config.model.solver.method, [length])[1])
+  eval_fn = _ReportingEval(jax.jit(steps_lib.make_eval_step(model, mesh,
+                                                            len(bundle.class_names))), say)
   from seqtrain.train.trainer import evaluate_split
+  t0 = time.perf_counter()
   metrics = evaluate_split(eval_fn, state.params, source, bundle, config, mesh, shard)
-  metrics.update(split=label, checkpoint=which, step=restored_step, workdir=str(workdir))
+  seconds = time.perf_counter() - t0
+  metrics.update(split=label, checkpoint=which, step=restored_step, workdir=str(workdir),
+                 seconds=seconds, length=length, method=config.model.solver.method,
+                 memory=eval_fn.memory)
+  if length is not None:
+    metrics["oracle_accuracy"] = _oracle_accuracy(source)
   out_dir = workdir / "eval"
   name = f"{label}-{which}{'' if step is None else step}"
   if jax.process_index() == 0:
@@ -120,7 +216,14 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str =
                    f"{label}: accuracy {metrics['accuracy']:.3f}")
   metrics["report"] = str(out_dir / f"{name}.json")
   say(f"accuracy {metrics['accuracy']:.4f}, balanced accuracy {metrics['balanced_accuracy']:.4f}, "
-      f"macro F1 {metrics['macro_f1']:.4f}, loss {metrics['loss']:.4f}")
+      f"macro F1 {metrics['macro_f1']:.4f}, loss {metrics['loss']:.4f}"
+      + (f"; oracle {metrics['oracle_accuracy']:.4f}" if metrics.get("oracle_accuracy")
+         is not None else "") + f" ({seconds:.1f} s)")
+  iters = {k.rsplit("/", 1)[0]: int(v) for k, v in sorted(metrics["solver"].items())
+           if k.endswith("/iterations")}
+  if iters:
+    say("solver iterations per layer (max over examples): " +
+        ", ".join(f"{k} {v}" for k, v in iters.items()))
   width = max(len(c) for c in metrics["class_names"])
   for c, m in metrics["per_class"].items():
     say(f"  {c:<{width}}  precision {m['precision']:.3f}  recall {m['recall']:.3f}  "

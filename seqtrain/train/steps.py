@@ -63,7 +63,10 @@ def build_optimizer(config) -> optax.GradientTransformation:
                                optax.constant_schedule(t.learning_rate)], [t.warmup_steps]) \
         if t.warmup_steps else optax.constant_schedule(t.learning_rate)
   if t.optimizer == "adamw":
-    opt = optax.adamw(lr, weight_decay=t.weight_decay)
+    # Decay weight matrices only: not biases, norms' scales or the recurrences'
+    # per-unit parameters (decaying LRUCell's nu_log would shorten its memory).
+    opt = optax.adamw(lr, weight_decay=t.weight_decay,
+                      mask=lambda p: jax.tree_util.tree_map(lambda x: jnp.ndim(x) >= 2, p))
   elif t.optimizer == "adam":
     opt = optax.adam(lr)
   else:
