@@ -1,7 +1,8 @@
 """Sequence classifiers built from ParallelRNN layers.
 
 ``SequenceClassifier``: encoder Dense -> ``depth`` residual blocks of
-[LayerNorm -> RNN -> residual -> LayerNorm -> MLP -> residual] -> pooled head.
+[LayerNorm -> RNN -> residual -> LayerNorm -> MLP -> residual] -> pooled head
+(the first block reads the encoder's output without the first LayerNorm).
 Poolings over the valid steps: "mean", "max", "mean_max" (both, side by
 side: a stationary property and a short event anywhere), "last".
 With ``pooling="mean_logits"`` it is the papers' EigenWorms model (per-step
@@ -21,8 +22,6 @@ from seqtrain.nn import DiagGRUCell, DiagLSTMCell, LRUCell, ParallelRNN
 
 CELLS = {"gru": nn.GRUCell, "lstm": nn.LSTMCell, "simple": nn.SimpleCell,
          "diag_gru": DiagGRUCell, "diag_lstm": DiagLSTMCell, "lru": LRUCell}
-import os
-NORM_FIRST = os.environ.get("NORM_FIRST") == "1"
 POOLINGS = ("mean", "max", "mean_max", "last", "mean_logits")
 
 
@@ -69,8 +68,7 @@ class ResidualBlock(_SolverOptionsFrozen, nn.Module):
     if self.cell not in CELLS:
       raise ValueError(f"unknown cell {self.cell!r}; valid cells: {', '.join(CELLS)}")
     y = nn.LayerNorm(name="norm_rnn")(x) if self.norm_input else x
-    cell = CELLS[self.cell](self.width * int(os.environ.get("LRU_STATE", "1")) if self.cell == "lru" else self.width)
-    y = ParallelRNN(cell, method=self.method,
+    y = ParallelRNN(CELLS[self.cell](self.width), method=self.method,
                     solver_options=self.solver_options, name="rnn")(y, seq_lengths=lengths)
     if y.shape[-1] != self.width:   # e.g. LRUCell's [Re h, Im h]
       y = _dense(self.width, ("mlp", "embed"), "rnn_out")(y)
@@ -112,7 +110,7 @@ class SequenceClassifier(_SolverOptionsFrozen, nn.Module):
       # features of a projection of few channels keeps little more than their
       # signs (one channel: exactly the sign), and the recurrence needs amplitudes.
       h = ResidualBlock(self.width, self.cell, self.method, self.solver_options, self.mlp_ratio,
-                        self.dropout, norm_input=i > 0 or NORM_FIRST, name=f"block_{i}")(h, lengths, train=train)
+                        self.dropout, norm_input=i > 0, name=f"block_{i}")(h, lengths, train=train)
     head = _dense(self.num_classes, ("embed", "classes"), "head")
     if self.pooling == "mean_logits":
       return masked_mean(head(h), mask)

@@ -341,7 +341,7 @@ class LRUCell(nn.RNNCellBase):
       self.param(name, b_init, (f, self.features), self.param_dtype)
     fns = _lru(self)
     p = self.variables["params"]
-    new = fns.step(p, carry, fns.project(p, inputs))
+    new = fns.step(p, carry, fns.project(p, inputs)).astype(carry.dtype)
     return new, fns.output(new)
 
   @nn.nowrap

@@ -216,7 +216,7 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
       h = jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), step(params, h, x), h)
       return h, h
     _, hs = lax.scan(body, h0, xs, length=t, unroll=unroll)
-    zero = jnp.zeros((), z0.dtype)
+    zero = jnp.zeros((), real_dtype(z0.dtype))
     info = SolveInfo(jnp.int32(0), zero, jnp.bool_(True), jnp.bool_(False), zero, jnp.int32(0),
                      jnp.int32(0))
     return hs, info
@@ -258,7 +258,7 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
     if method in ("deer", "quasi_deer"):
       z, st = newton_solve(lin, p, z0_, xs_, zinit, length=t, chunk=chunk, mode=mode,
                            clip=clip, fallback=seq, **common)
-      lam = jnp.zeros((), z0_.dtype)
+      lam = jnp.zeros((), real_dtype(z0_.dtype))
     else:
       z, st = elk_solve(lin, p, z0_, xs_, zinit, lam_init=lam_init,
                         adaptive=adaptive_lambda, smooth=elk_step == "smoother", clip=clip,
