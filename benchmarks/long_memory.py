@@ -22,7 +22,6 @@ VARIANTS = {
     "max pooling": ["model.pooling=max"],
     "diag_gru cell": ["model.cell=diag_gru"],
     "diag_gru + mean (before)": ["model.cell=diag_gru", "model.pooling=mean"],
-    "width 32": ["model.width=32"],
 }
 
 
@@ -83,7 +82,8 @@ def main(argv=None):
     cells, secs = [], 0.0
     for t in tasks:
       (r,) = [r for r in rows if r["task"] == t and r["variant"] == name]
-      cells.append(f"{r['test_accuracy']:.3f} | {'/'.join(str(v) for v in r['iterations'].values())}")
+      iters = "/".join(str(v) for v in r["iterations"].values())
+      cells.append(f"{r['test_accuracy']:.3f} | {iters}")
       secs += r["seconds"]
     lines.append(f"| {name} | " + " | ".join(cells) + f" | {secs:.0f} |")
   oracle = " | ".join(f"{[r for r in rows if r['task'] == t][0]['oracle_accuracy']:.3f} | -"

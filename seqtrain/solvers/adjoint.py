@@ -19,6 +19,7 @@ from seqtrain.solvers.fallback import sequential_fill
 from seqtrain.solvers.implicit import adjoint_step, exact_jvp, normalised
 from seqtrain.solvers.newton import newton_solve
 from seqtrain.solvers.scan import linear_scan
+from seqtrain.solvers.stopping import real_dtype
 
 ADJOINTS = ("shoot", "dense", "quasi", "sequential", "approx")
 
@@ -59,7 +60,7 @@ def quasi_adjoint(fz, diag_lin, params, zprev, xs, g, *, atol, rtol, max_iter):
 
   Returns (mu, iterations, converged).
   """
-  dtype = g.dtype
+  dtype = real_dtype(g.dtype)   # tolerances are real for complex states too
   _, diag = jax.vmap(diag_lin, in_axes=(None, 0, 0))(params, zprev, xs)
   d_next = _shift_next(diag)
   _, vjp_z = jax.vjp(lambda zp: _vmapped(fz)(params, zp, xs), zprev)

@@ -40,8 +40,8 @@ from jax import lax
 
 from seqtrain.solvers.fallback import broadcast_unbatched, sequential_fill, vmap_axes
 from seqtrain.solvers.scan import linear_scan, ops_for
-from seqtrain.solvers.stopping import (CONVERGED, DEFAULT_GIVE_UP, clip_magnitude, exact_prefix, real_dtype,
-                                       projected_too_long, status_code)
+from seqtrain.solvers.stopping import (CONVERGED, DEFAULT_GIVE_UP, clip_magnitude, exact_prefix,
+                                       projected_too_long, real_dtype, status_code)
 
 
 MODES = ("shoot", "store", "recompute")
