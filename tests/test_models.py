@@ -43,7 +43,7 @@ def test_logical_axis_names_on_params():
 
 def test_bad_names_fail_clearly():
   with pytest.raises(ValueError, match="unknown pooling"):
-    SequenceClassifier(2, pooling="max").init(jax.random.PRNGKey(0), jnp.zeros((1, 5, 3)))
+    SequenceClassifier(2, pooling="attention").init(jax.random.PRNGKey(0), jnp.zeros((1, 5, 3)))
   with pytest.raises(ValueError, match="unknown cell"):
     SequenceClassifier(2, cell="rwkv").init(jax.random.PRNGKey(0), jnp.zeros((1, 5, 3)))
 
