@@ -141,12 +141,16 @@ def test_config_errors():
 
 
 def test_config_names_match_the_solvers():
-  """config.py repeats the solver's names so that reading a config needs no JAX."""
+  """config.py repeats the solver's and the model's names so that reading a config needs
+  no JAX."""
   from seqtrain.solvers import adjoint, api, newton
   assert config_lib.METHODS == api.METHODS
   assert config_lib.ALIASES == api.ALIASES and config_lib.AUTO == api.AUTO
   assert config_lib.MODES == newton.MODES
   assert config_lib.ADJOINTS == adjoint.ADJOINTS
+  from seqtrain.models import classifier
+  assert config_lib.CELLS == tuple(classifier.CELLS)
+  assert config_lib.POOLINGS == classifier.POOLINGS
 
 
 @pytest.mark.parametrize("name", ["basic_motions", "japanese_vowels", "synthetic_long", "eigenworms",

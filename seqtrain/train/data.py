@@ -12,7 +12,8 @@ from seqtrain.data import pipeline, sources
 from seqtrain.data.pipeline import Normalizer, ShardInfo
 from seqtrain.data.ts import DataFormatError
 
-__all__ = ["Subset", "DataBundle", "build_data", "data_signature", "train_pad_lengths"]
+__all__ = ["Subset", "DataBundle", "build_data", "data_signature", "synthetic_split",
+           "train_pad_lengths"]
 
 
 class Subset:
@@ -60,14 +61,17 @@ class DataBundle:
                                              ("test", self.test)) if v is not None}}
 
 
-def _synthetic(config):
+def synthetic_split(config, split: str):
+  """Split ``split`` of the config's synthetic task (at ``data.length``, of
+  ``data.<split>_size`` examples)."""
   from seqtrain.data.synthetic import make_task
   d = config.data
-  options = dict(num_classes=d.num_classes, channels=d.channels)
-  make = lambda split, size: make_task(d.name, split=split, length=d.length, size=size,
-                                       seed=config.seed, **options)
-  return (make("train", d.train_size), make("validation", d.validation_size),
-          make("test", d.test_size))
+  return make_task(d.name, split=split, length=d.length, size=d[f"{split}_size"],
+                   seed=config.seed, num_classes=d.num_classes, channels=d.channels)
+
+
+def _synthetic(config):
+  return tuple(synthetic_split(config, s) for s in ("train", "validation", "test"))
 
 
 def _tfds(config, workdir):

@@ -152,10 +152,7 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str =
     label = f"{Path(data).stem}-{split}" if not Path(data).is_file() else Path(data).stem
   else:
     if length is not None:
-      from seqtrain.data.synthetic import make_task
-      d = config.data
-      source = make_task(d.name, split=split, length=d.length, size=d[f"{split}_size"],
-                         seed=config.seed, num_classes=d.num_classes, channels=d.channels)
+      source = data_lib.synthetic_split(config, split)
       label = f"{split}-length{length}"
     else:
       bundle = data_lib.build_data(config, workdir)
