@@ -6,6 +6,7 @@
     seqtrain plot  --workdir runs/bm
     seqtrain data  list | download NAME | prepare NAME | inspect NAME_OR_FILE
     seqtrain bench [--T 1000,10000] [--D 8,64] [--batch 16] [--methods ...] [--grad] [--out DIR]
+    seqtrain bench datasets NAME_OR_TRAIN_FILE... [--config FILE] [--config.field=value ...]
     seqtrain demo  [--T 10000] [--D 32] [--batch 4] [--dtype float32]
 
 Errors a user can cause (a bad config field, a malformed data file, a workdir
@@ -117,8 +118,13 @@ def _train(args) -> int:
   test = result.get("test") or result.get("validation")
   import jax
   if test and jax.process_index() == 0:
+    model = result.get("model", {})
+    base = (test.get("baselines") or {}).get("1nn_euclidean")
     print(f"done: {args.workdir}; {'test' if 'test' in result else 'validation'} accuracy "
-          f"{test['accuracy']:.4f}; `seqtrain eval --workdir {args.workdir}` for the full report, "
+          f"{test['accuracy']:.4f} ({model.get('checkpoint', 'latest')} checkpoint, step "
+          f"{model.get('step', result['step'])}"
+          + (f"; 1-NN Euclidean {base:.4f}" if base is not None else "") + "); "
+          f"`seqtrain eval --workdir {args.workdir}` for the full report of that checkpoint, "
           f"`seqtrain plot --workdir {args.workdir}` for curves")
   return 0
 
@@ -148,7 +154,30 @@ def _user_errors():
           OSError, ValueError)
 
 
+def _bench_datasets(argv) -> int:
+  from seqtrain.train import bench_datasets
+  parser = argparse.ArgumentParser(prog="seqtrain bench datasets",
+                                   description=bench_datasets.__doc__.split("\n")[0])
+  bench_datasets.add_arguments(parser)
+  args, unknown = parser.parse_known_args(argv)
+  bad = [u for u in unknown if not u.startswith("--config.")]
+  if bad:
+    parser.error(f"unrecognized arguments: {' '.join(bad)}")
+  overrides = [u[len("--config."):] for u in unknown]
+  _quiet_logs()
+  try:
+    return bench_datasets.run(args, overrides, ["bench", "datasets", *argv])
+  except _user_errors() as e:
+    if os.environ.get("SEQTRAIN_DEBUG"):
+      raise
+    print(f"seqtrain bench datasets: error: {e}", file=sys.stderr)
+    return 2
+
+
 def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if argv[:2] == ["bench", "datasets"]:
+    return _bench_datasets(argv[2:])
   parser = argparse.ArgumentParser(prog="seqtrain", description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
 
@@ -165,7 +194,9 @@ def main(argv=None) -> int:
   ev = sub.add_parser("eval", help="evaluate a trained workdir")
   ev.add_argument("--workdir", required=True)
   ev.add_argument("--split", default="test", choices=["train", "validation", "test"])
-  ev.add_argument("--checkpoint", default="best", help="best, latest or a step number")
+  ev.add_argument("--checkpoint", default=None,
+                  help="best, latest or a step number (default: the run's model, train.select: "
+                       "the checkpoint whose test accuracy `seqtrain train` reported)")
   ev.add_argument("--data", default=None,
                   help="evaluate on another archive dataset (by name) or a .ts/.npz file")
   ev.add_argument("--data-dir", default=None, help="extra folder to look for --data in")

@@ -133,6 +133,12 @@ CASES = [
      "refusing unsafe archive member"),
     ("data: inspect a malformed file", ["data", "inspect", "{tmp}/bad_value.ts"],
      "line 12"),
+    ("config: unknown train.select", ["train", *BM, "--workdir", "{tmp}/w",
+                                      "--config.train.select=first"],
+     "train.select='first': expected last or best"),
+    ("bench datasets: no such training file", ["bench", "datasets", "BasicMotions",
+                                               "{tmp}/Nope_TRAIN.ts", "--workdir", "{tmp}/w"],
+     "Nope_TRAIN.ts: no such file"),
     ("multi-process: incomplete flags", ["train", *BM, "--workdir", "{tmp}/w", "--process-id", "1"],
      "missing: coordinator, num-processes"),
 ]

@@ -65,6 +65,14 @@ def test_missing_values_and_variable_length(tmp_path):
   np.testing.assert_array_equal(back.series[1], d.series[1])
 
 
+def test_archive_header_quirks(tmp_path):
+  """As in the archive's UnitTest files: '%' comment lines and @problemName twice."""
+  text = ("%# a cut-down Chinatown\n%\n@problemName UnitTest\n@problemName Chinatown\n"
+          "@classLabel true 1 2\n@data\n% a comment among the data\n1,2,3:1\n4,5,6:2\n")
+  d = read_ts(_write(tmp_path, text))
+  assert d.labels.tolist() == [0, 1] and d.lengths.tolist() == [3, 3]
+
+
 BAD = {
     "no_data_tag": ("@problemName X\n@classLabel true a b\n1,2:a\n", "expected a header"),
     "header_never_ends": ("@problemName X\n@classLabel true a b\n", "no @data line"),

@@ -1,4 +1,13 @@
-"""Every parallel method against jax.lax.scan: states, on random cells."""
+"""Every parallel method against jax.lax.scan: states, on random cells.
+
+Every method meets every cell at each kind of shape: one step, two steps, a
+mid-size state, and long sequences that cross many chunks of the chunked
+solvers. State sizes and lengths are paired rather than crossed (d matters to
+the solvers only through matrix sizes, t through the chunking); the random
+shapes of test_float32.py and test_solver_grad.py cover other combinations.
+"""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,9 +29,16 @@ def max_err(a, b):
              zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
 
+@functools.lru_cache(maxsize=None)
+def _reference(cell, d, t, dtype):
+  """lax.scan's states, computed once per problem and shared by every method."""
+  step, params, h0, xs = make_problem(cell, d, t, dtype)
+  return _solver(step, "sequential")(params, h0, xs)[0]
+
+
 def check_states(cell, method, d, t, dtype, **opts):
   step, params, h0, xs = make_problem(cell, d, t, dtype)
-  ref, _ = _solver(step, "sequential")(params, h0, xs)
+  ref = _reference(cell, d, t, dtype)
   # The solver's own iterate (no fallback, no giving up) must be exact.
   hs, info = _solver(step, method, on_failure="return", give_up=None, **opts)(params, h0, xs)
   assert bool(info.converged), (cell, method, d, t, info)
@@ -36,15 +52,14 @@ def check_states(cell, method, d, t, dtype, **opts):
 
 @pytest.mark.parametrize("method", PARALLEL)
 @pytest.mark.parametrize("cell", ["gru", "lstm", "tanh"])
-@pytest.mark.parametrize("d", [1, 4, 16])
-@pytest.mark.parametrize("t", [1, 2, 100, 5000])
+@pytest.mark.parametrize("d,t", [(1, 1), (4, 2), (16, 100), (1, 5000), (4, 5000)])
 def test_matches_scan_float64(cell, method, d, t):
   check_states(cell, method, d, t, jnp.float64)
 
 
 @pytest.mark.parametrize("method", PARALLEL)
 @pytest.mark.parametrize("cell", ["gru", "lstm", "tanh"])
-@pytest.mark.parametrize("d,t", [(1, 1), (4, 2), (16, 100), (4, 5000), (16, 5000)])
+@pytest.mark.parametrize("d,t", [(1, 1), (16, 100), (16, 5000)])
 def test_matches_scan_float32(cell, method, d, t):
   check_states(cell, method, d, t, jnp.float32)
 
@@ -52,7 +67,7 @@ def test_matches_scan_float32(cell, method, d, t):
 @pytest.mark.parametrize("mode", ["store", "recompute"])
 @pytest.mark.parametrize("method", ["deer", "quasi_deer"])
 @pytest.mark.parametrize("cell", ["gru", "lstm", "tanh"])
-@pytest.mark.parametrize("d,t", [(1, 1), (4, 37), (16, 1000)])
+@pytest.mark.parametrize("d,t", [(4, 37), (16, 1000)])
 def test_per_step_newton_modes_match_scan(cell, method, mode, d, t):
   """The papers' per-step Newton (store / recompute) next to the default "shoot"."""
   check_states(cell, method, d, t, jnp.float64, mode=mode)

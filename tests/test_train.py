@@ -38,16 +38,23 @@ def test_quickstart_reaches_target_accuracy(quickstart, capsys):
   train = [r for r in read_metrics(workdir) if r["kind"] == "train"]
   # solver statistics per layer; method "auto" runs lax.scan on CPU (no iterations)
   assert all(r["block_0/rnn/iterations"] == 0 and r["block_0/rnn/converged"] == 1 for r in train)
+  # one number per run: the last weights (train.select=last) are the run's model, and the
+  # 1-NN baselines fitted on the same 40 training series (train + validation) sit beside it
+  assert result["model"] == {"checkpoint": "latest", "step": 300}
+  base = result["test"]["baselines"]
+  assert (base["1nn_euclidean"], base["1nn_dtw"], base["train_size"]) == (0.6, 0.975, 40)
   (solver,) = [r for r in read_metrics(workdir) if r["kind"] == "solver"]
   assert (solver["method"], solver["resolved"]) == ("auto", "sequential")
   assert result["solver"]["resolved"] == "sequential"
 
 
 def test_eval_writes_reports_and_refuses_other_shapes(quickstart, capsys):
-  workdir, _ = quickstart
-  metrics = evaluate_workdir(workdir, split="test", checkpoint="latest")
+  workdir, result = quickstart
+  metrics = evaluate_workdir(workdir, split="test")  # default: the run's model, as reported
   report = json.loads((workdir / "eval" / "test-latest.json").read_text())
-  assert report["accuracy"] == metrics["accuracy"] >= 0.95
+  assert report["accuracy"] == metrics["accuracy"] == result["test"]["accuracy"] >= 0.95
+  assert report["baselines"]["1nn_euclidean"] == 0.6
+  assert "1-NN Euclidean 0.6000" in capsys.readouterr().out
   assert set(report["per_class"]) == {"Standing", "Running", "Walking", "Badminton"}
   assert np.sum(report["confusion_matrix"]) == 40
   assert (workdir / "eval" / "test-latest.png").stat().st_size > 1000
@@ -55,7 +62,7 @@ def test_eval_writes_reports_and_refuses_other_shapes(quickstart, capsys):
   from seqtrain.data.sources import BUNDLED_DIR
   other = evaluate_workdir(workdir, data=str(BUNDLED_DIR / "BasicMotions" / "BasicMotions_TEST.ts"))
   assert other["count"] == 40 and other["accuracy"] >= 0.95
-  assert (workdir / "eval" / "BasicMotions_TEST-best.json").exists()
+  assert (workdir / "eval" / "BasicMotions_TEST-latest.json").exists()
   assert cli.main(["eval", "--workdir", str(workdir), "--data", "JapaneseVowels"]) == 2
   err = capsys.readouterr().err
   assert "12 channels; the model was trained on 6" in err
@@ -95,6 +102,46 @@ def test_interrupted_run_resumes_to_the_same_parameters(tmp_path):
     np.testing.assert_array_equal(a, b)
   steps = [r["step"] for r in read_metrics(tmp_path / "cut") if r["kind"] == "train"]
   assert steps == list(range(1, 31))
+
+
+def test_select_best_reports_and_evaluates_the_best_checkpoint(tmp_path, capsys):
+  config = config_lib.load_config("configs/basic_motions.py",
+                                  TINY + ["train.steps=30", "train.select=best"])
+  result = train_and_evaluate(config, tmp_path)
+  best = max((r for r in read_metrics(tmp_path) if r["kind"] == "validation"),
+             key=lambda r: (r["accuracy"], -r["loss"]))  # the trainer's rule
+  assert result["model"] == {"checkpoint": "best", "step": best["step"]}
+  assert result["validation"]["accuracy"] == best["accuracy"]
+  assert "final test (best checkpoint, step" in capsys.readouterr().out
+  assert evaluate_workdir(tmp_path)["accuracy"] == result["test"]["accuracy"]
+
+
+def test_bench_datasets_table(tmp_path, capsys):
+  from seqtrain.data.sources import BUNDLED_DIR
+  src = BUNDLED_DIR / "BasicMotions"
+  for split in ("TRAIN", "TEST"):   # a user's files: <name>_TRAIN.ts beside <name>_TEST.ts
+    (tmp_path / f"Mine_{split}.ts").write_text((src / f"BasicMotions_{split}.ts").read_text())
+  args = ["bench", "datasets", "JapaneseVowels", str(tmp_path / "Mine_TRAIN.ts"),
+          "--workdir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+          "--config", "configs/files.py", *(f"--config.{o}" for o in TINY),
+          "--config.train.steps=10"]
+  assert cli.main(args) == 0
+  doc = json.loads((tmp_path / "out" / "datasets.json").read_text())
+  rows = {r["dataset"]: r for r in doc["rows"]}
+  assert set(rows) == {"JapaneseVowels", "Mine"}
+  mine = json.loads((tmp_path / "runs" / "Mine" / "final_metrics.json").read_text())
+  assert rows["Mine"]["seqtrain"] == mine["test"]["accuracy"]
+  assert (rows["Mine"]["1nn_euclidean"], rows["Mine"]["1nn_dtw"]) == (0.6, 0.975)
+  assert (rows["JapaneseVowels"]["length"], rows["JapaneseVowels"]["classes"]) == (29, 9)
+  table = (tmp_path / "out" / "datasets.md").read_text()
+  assert "| Mine | 100 | 4 |" in table and "| JapaneseVowels | 29 | 9 |" in table
+  # a bad argument fails in one line before anything trains
+  capsys.readouterr()
+  assert cli.main(["bench", "datasets", "BasicMotions", "nope/Missing_TRAIN.ts",
+                   "--workdir", str(tmp_path / "runs2")]) == 2
+  err = capsys.readouterr().err
+  assert "Missing_TRAIN.ts: no such file" in err and len(err.strip().splitlines()) == 1
+  assert not (tmp_path / "runs2").exists()
 
 
 def test_solver_method_changes_speed_not_results(tmp_path):

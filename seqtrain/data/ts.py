@@ -4,7 +4,7 @@ A ``.ts`` file is a header of ``@tag value`` lines, then ``@data`` and one examp
 per line: the channels separated by ``:``, the values of a channel by ``,``, the
 class label last. ``?`` (or ``NaN``) marks a missing value; channels of one
 example have the same length, examples may differ in length when the header says
-``@equalLength false``. ``#`` starts a comment line. Timestamped series
+``@equalLength false``. ``#`` or ``%`` starts a comment line. Timestamped series
 (``@timeStamps true``) and regression targets are not supported and say so.
 
 Everything is read into a :class:`SeriesDataset`: a list of ``(T_i, C)`` float32
@@ -123,7 +123,7 @@ def _parse_header(path, lines: Sequence[str]):
   header: dict = {}
   for lineno, raw in enumerate(lines, 1):
     line = raw.strip()
-    if not line or line.startswith("#"):
+    if not line or line.startswith(("#", "%")):
       continue
     if not line.startswith("@"):
       raise DataFormatError(path, f"expected a header '@tag' line or '@data' before the data, got "
@@ -133,6 +133,8 @@ def _parse_header(path, lines: Sequence[str]):
     if key not in _KNOWN_TAGS:
       raise DataFormatError(path, f"unknown header tag @{tag} (known: "
                             f"{', '.join('@' + t for t in sorted(_KNOWN_TAGS))})", lineno)
+    if key == "problemname" and key in header:
+      continue  # archive files repeat it (UnitTest: "UnitTest", then "Chinatown"); the first names it
     if key in header:
       raise DataFormatError(path, f"duplicate header tag @{tag}", lineno)
     if key == "data":
@@ -205,7 +207,7 @@ def read_ts(path: str | os.PathLike, name: str | None = None) -> SeriesDataset:
   series, labels = [], []
   for lineno in range(data_line + 1, len(lines) + 1):
     line = lines[lineno - 1].strip()
-    if not line or line.startswith("#"):
+    if not line or line.startswith(("#", "%")):
       continue
     if line.startswith("@"):
       raise DataFormatError(path, f"header tag {line.split()[0]!r} after @data", lineno)

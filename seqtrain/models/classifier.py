@@ -1,6 +1,6 @@
 """Sequence classifiers built from ParallelRNN layers.
 
-``SequenceClassifier``: encoder Dense -> ``depth`` residual blocks of
+``SequenceClassifier``: [causal Conv stem, GELU ->] encoder Dense -> ``depth`` residual blocks of
 [LayerNorm -> RNN -> residual -> LayerNorm -> MLP -> residual] -> pooled head
 (the first block reads the encoder's output without the first LayerNorm).
 Poolings over the valid steps: "mean", "max", "mean_max" (both, side by
@@ -84,7 +84,9 @@ class SequenceClassifier(_SolverOptionsFrozen, nn.Module):
 
   ``method``: the solver of every recurrent layer; "auto" (default) picks the
   fastest exact one for the backend and the padded length T at trace time
-  (``seqtrain.solvers.resolve_method``).
+  (``seqtrain.solvers.resolve_method``). ``stem_kernel`` > 1: a causal
+  convolution over that many steps (``width`` filters, GELU) before the
+  encoder, so that the first recurrence reads local shapes, not single samples.
   """
   num_classes: int
   width: int = 32
@@ -95,6 +97,7 @@ class SequenceClassifier(_SolverOptionsFrozen, nn.Module):
   pooling: str = "mean"
   mlp_ratio: int = 1
   dropout: float = 0.0
+  stem_kernel: int = 1
 
   @nn.compact
   def __call__(self, x, lengths=None, *, train: bool = False):
@@ -104,7 +107,17 @@ class SequenceClassifier(_SolverOptionsFrozen, nn.Module):
     if lengths is None:
       lengths = jnp.full((b,), t, jnp.int32)
     mask = jnp.arange(t)[None, :] < lengths[:, None]
-    h = _dense(self.width, ("features", "embed"), "encoder")(x)
+    if self.stem_kernel > 1:
+      # Causal: a step's stem output reads that step and earlier ones only, so
+      # padding after a series' end changes none of its valid steps.
+      h = nn.Conv(self.width, (self.stem_kernel,), padding="CAUSAL", name="stem",
+                  kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                           (None, "features", "mlp")),
+                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                         ("mlp",)))(x)
+      h = _dense(self.width, ("mlp", "embed"), "encoder")(nn.gelu(h))
+    else:
+      h = _dense(self.width, ("features", "embed"), "encoder")(x)
     for i in range(self.depth):
       # The first block reads the encoder's output as it is: a LayerNorm over
       # features of a projection of few channels keeps little more than their

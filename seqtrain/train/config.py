@@ -36,7 +36,7 @@ POOLINGS = ("mean", "max", "mean_max", "last", "mean_logits")
 
 # Fields whose change makes a checkpoint unusable (parameter shapes, model or data meaning).
 SHAPE_FIELDS = ("model.width", "model.depth", "model.cell", "model.pooling", "model.mlp_ratio",
-                "data.source", "data.name", "data.num_classes", "data.channels",
+                "model.stem_kernel", "data.source", "data.name", "data.num_classes", "data.channels",
                 "data.train_file")
 
 
@@ -79,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.pooling = "mean"
   c.model.mlp_ratio = 2
   c.model.dropout = 0.0
+  c.model.stem_kernel = 1            # > 1: a causal convolution of this many steps before the encoder
   c.model.solver = ml_collections.ConfigDict()
   c.model.solver.method = "auto"     # auto: by backend and length (resolve_method) | METHODS
   c.model.solver.max_iter = 0        # 0: the solver's default
@@ -97,10 +98,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.schedule = "cosine"        # cosine | constant
   c.train.warmup_steps = 20
   c.train.grad_clip = 1.0            # global norm (0: off)
+  c.train.augment_scale = 0.0        # training series times 1 + this * N(0, 1) per channel
+  c.train.augment_jitter = 0.0       # plus this * N(0, 1) per step (normalised units)
   c.train.log_every = 10
   c.train.eval_every = 50
   c.train.checkpoint_every = 100
   c.train.keep_checkpoints = 2
+  c.train.select = "last"            # the run's model: the last weights | the best validation checkpoint
   c.train.max_bad_steps = 10         # stop after this many non-finite updates in a row
 
   c.mesh = ml_collections.ConfigDict()
@@ -228,10 +232,13 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
              "expected a number")
     elif isinstance(default, str):
       _check(isinstance(value, str), field, value, "expected a string")
+  for field in ("train.augment_scale", "train.augment_jitter"):
+    _check(_get(c, field) >= 0, field, _get(c, field), "must be >= 0")
   for field in ("seed", "data.max_length", "data.bucket_window", "train.warmup_steps",
                 "model.solver.max_iter", "model.solver.chunk"):
     _check(_get(c, field) >= 0, field, _get(c, field), "must be >= 0")
-  for field in ("model.width", "model.depth", "model.mlp_ratio", "train.batch_size",
+  for field in ("model.width", "model.depth", "model.mlp_ratio", "model.stem_kernel",
+                "train.batch_size",
                 "train.eval_batch_size", "train.steps", "train.log_every", "train.eval_every",
                 "train.checkpoint_every", "train.keep_checkpoints", "train.max_bad_steps",
                 "data.length", "data.train_size", "data.validation_size", "data.test_size",
@@ -252,6 +259,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check(c.model.cell in CELLS, "model.cell", c.model.cell, f"expected one of {', '.join(CELLS)}")
   _check(c.model.pooling in POOLINGS, "model.pooling", c.model.pooling,
          f"expected one of {', '.join(POOLINGS)}")
+  _check(c.train.select in ("last", "best"), "train.select", c.train.select,
+         "expected last or best")
   _check(0.0 <= c.model.dropout < 1.0, "model.dropout", c.model.dropout, "must be in [0, 1)")
   _check(ALIASES.get(c.model.solver.method, c.model.solver.method) in METHODS + (AUTO,),
          "model.solver.method", c.model.solver.method,

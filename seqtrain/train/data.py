@@ -12,8 +12,8 @@ from seqtrain.data import pipeline, sources
 from seqtrain.data.pipeline import Normalizer, ShardInfo
 from seqtrain.data.ts import DataFormatError
 
-__all__ = ["Subset", "DataBundle", "build_data", "data_signature", "synthetic_split",
-           "train_pad_lengths"]
+__all__ = ["Subset", "Concat", "DataBundle", "build_data", "data_signature", "synthetic_split",
+           "train_pad_lengths", "baseline_report"]
 
 
 class Subset:
@@ -33,6 +33,26 @@ class Subset:
 
   def __getitem__(self, i):
     return self.source[int(self.indices[i])]
+
+
+class Concat:
+  """Random-access sources one after the other (same classes and channels)."""
+
+  def __init__(self, *sources):
+    self.sources = sources
+    self.offsets = np.cumsum([0] + [len(s) for s in sources])
+    self.lengths = np.concatenate([np.asarray(s.lengths) for s in sources])
+    self.labels = np.concatenate([np.asarray(s.labels) for s in sources])
+    for attr in ("class_names", "num_channels", "num_classes"):
+      if hasattr(sources[0], attr):
+        setattr(self, attr, getattr(sources[0], attr))
+
+  def __len__(self):
+    return int(self.offsets[-1])
+
+  def __getitem__(self, i):
+    k = int(np.searchsorted(self.offsets, i, side="right")) - 1
+    return self.sources[k][int(i - self.offsets[k])]
 
 
 @dataclasses.dataclass
@@ -59,6 +79,26 @@ class DataBundle:
             "sizes": {k: len(v) for k, v in (("train", self.train), ("validation",
                                                                      self.validation),
                                              ("test", self.test)) if v is not None}}
+
+
+def baseline_report(bundle: "DataBundle", source, split: str, say=None) -> dict | None:
+  """1-NN Euclidean / DTW (``seqtrain.baselines``) on ``source``, fitted on the run's
+  training data: the train split, plus the validation split held out of it when
+  ``source`` is not that validation split. None for synthetic tasks (their
+  reference is the task's oracle) and when the training data is not at hand."""
+  from seqtrain import baselines
+  if bundle.train is None or hasattr(bundle.train, "oracle"):
+    return None
+  parts = [bundle.train]
+  if (bundle.validation is not None and bundle.validation is not bundle.test
+      and split != "validation"):
+    parts.append(bundle.validation)
+  out = baselines.baselines(Concat(*parts) if len(parts) > 1 else parts[0], source)
+  out["train_size"] = sum(len(p) for p in parts)
+  if say is not None:
+    say("baselines on the same " + split + " examples (fitted on the " + str(out["train_size"])
+        + " training series): " + baselines.describe(out))
+  return out
 
 
 def synthetic_split(config, split: str):

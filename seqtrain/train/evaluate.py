@@ -112,12 +112,16 @@ class _ReportingEval:
     return self.compiled[key](params, batch)
 
 
-def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str = "best",
+def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str | None = None,
                      data: str | None = None, data_dir: str | None = None,
                      length: int | None = None, size: int | None = None,
                      method: str | None = None, batch_size: int | None = None,
                      say=print) -> dict:
   """Evaluates a workdir's checkpoint on one split (or ``data``).
+
+  ``checkpoint``: "best" (highest validation accuracy), "latest", a step, or
+  None: the run's model as its config's ``train.select`` names it, the
+  checkpoint whose test accuracy the training run reported.
 
   ``length``: regenerate the run's synthetic task at this length (``size``
   examples of the split, default the run's split size); ``method``: the solver
@@ -147,16 +151,19 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str =
   mesh = mesh_lib.make_mesh(config.mesh.axes, config.mesh.shape)
   shard = ShardInfo(jax.process_index(), jax.process_count())
 
+  run_data = None   # the run's own splits, for the 1-NN baselines
   if data:
     source = _external_source(data, split, info, data_dir)
     label = f"{Path(data).stem}-{split}" if not Path(data).is_file() else Path(data).stem
+    if config.data.source != "synthetic":
+      run_data = data_lib.build_data(config, workdir)
   else:
     if length is not None:
       source = data_lib.synthetic_split(config, split)
       label = f"{split}-length{length}"
     else:
-      bundle = data_lib.build_data(config, workdir)
-      source = bundle.split(split)
+      run_data = data_lib.build_data(config, workdir)
+      source = run_data.split(split)
       label = split
   normalizer = Normalizer.from_json(info["normalizer"]) if info.get("normalizer") else None
   bundle = data_lib.DataBundle(None, None, None, tuple(info["class_names"]), info["num_channels"],
@@ -168,6 +175,8 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str =
                                                          bundle.num_channels))
   sharding = jax.tree.map(lambda _: mesh_lib.replicated(mesh), abstract)
   ckpts = Checkpoints(workdir, async_save=False)
+  if checkpoint is None:
+    checkpoint = "best" if config.train.select == "best" else "latest"
   which, step = "best", None
   if checkpoint == "latest":
     which = "latest"
@@ -204,6 +213,8 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str =
                  memory=eval_fn.memory)
   if length is not None:
     metrics["oracle_accuracy"] = _oracle_accuracy(source)
+  if run_data is not None:
+    metrics["baselines"] = data_lib.baseline_report(run_data, source, split)
   out_dir = workdir / "eval"
   name = f"{label}-{which}{'' if step is None else step}"
   if jax.process_index() == 0:
@@ -216,6 +227,9 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str =
       f"macro F1 {metrics['macro_f1']:.4f}, loss {metrics['loss']:.4f}"
       + (f"; oracle {metrics['oracle_accuracy']:.4f}" if metrics.get("oracle_accuracy")
          is not None else "") + f" ({seconds:.1f} s)")
+  if metrics.get("baselines"):
+    from seqtrain.baselines import describe
+    say(f"baselines on the same examples: {describe(metrics['baselines'])}")
   iters = {k.rsplit("/", 1)[0]: int(v) for k, v in sorted(metrics["solver"].items())
            if k.endswith("/iterations")}
   if iters:

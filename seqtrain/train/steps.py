@@ -50,7 +50,8 @@ def build_model(config, num_classes: int) -> SequenceClassifier:
   m = config.model
   return SequenceClassifier(num_classes=num_classes, width=m.width, depth=m.depth, cell=m.cell,
                             method=m.solver.method, solver_options=solver_options(config),
-                            pooling=m.pooling, mlp_ratio=m.mlp_ratio, dropout=m.dropout)
+                            pooling=m.pooling, mlp_ratio=m.mlp_ratio, dropout=m.dropout,
+                            stem_kernel=m.stem_kernel)
 
 
 def build_optimizer(config) -> optax.GradientTransformation:
@@ -122,12 +123,35 @@ def _fix_converged(metrics: dict) -> dict:
   return {k: (1.0 - v if k.endswith("converged") else v) for k, v in metrics.items()}
 
 
-def make_train_step(model, tx, mesh, lr_schedule: Callable) -> Callable:
-  """(state, batch) -> (state, metrics); batch arrays sharded over ``data``."""
+def augment(inputs, rng, scale: float, jitter: float):
+  """Training-time augmentation: each series times (1 + scale * N(0, 1)) per channel,
+  plus jitter * N(0, 1) i.i.d. noise per step (after normalisation, so in units of the
+  training data's standard deviation). Padded steps change too; the model masks them."""
+  if not scale and not jitter:
+    return inputs
+  k_scale, k_jitter = jax.random.split(rng)
+  b, _, c = inputs.shape
+  out = inputs
+  if scale:
+    out = out * (1 + scale * jax.random.normal(k_scale, (b, 1, c), inputs.dtype))
+  if jitter:
+    out = out + jitter * jax.random.normal(k_jitter, inputs.shape, inputs.dtype)
+  return out
+
+
+def make_train_step(model, tx, mesh, lr_schedule: Callable, *, augment_scale: float = 0.0,
+                    augment_jitter: float = 0.0) -> Callable:
+  """(state, batch) -> (state, metrics); batch arrays sharded over ``data``.
+  ``augment_scale`` / ``augment_jitter``: see :func:`augment`."""
 
   def per_shard(params, batch, rng):
+    rng, aug_rng = jax.random.split(rng)
+    # each data shard draws its own augmentation noise
+    aug_rng = jax.random.fold_in(aug_rng, jax.lax.axis_index("data"))
+    inputs = augment(batch["inputs"], aug_rng, augment_scale, augment_jitter)
+
     def loss_fn(p):
-      logits, mutable = model.apply({"params": p}, batch["inputs"], batch["lengths"], train=True,
+      logits, mutable = model.apply({"params": p}, inputs, batch["lengths"], train=True,
                                     rngs={"dropout": rng}, mutable=["solver_stats"])
       ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
                                                            batch["labels"])

@@ -235,7 +235,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
   start_step = int(jax.device_get(state.step))
 
   # --- compiled steps -----------------------------------------------------------------------
-  train_step = jax.jit(steps_lib.make_train_step(model, tx, mesh, lr_schedule),
+  train_step = jax.jit(steps_lib.make_train_step(model, tx, mesh, lr_schedule,
+                                                 augment_scale=config.train.augment_scale,
+                                                 augment_jitter=config.train.augment_jitter),
                        in_shardings=(state_sharding, mesh_lib.data_sharding(mesh)),
                        out_shardings=(state_sharding, replicated), donate_argnums=(0,))
   eval_fn = jax.jit(steps_lib.make_eval_step(model, mesh, len(bundle.class_names)),
@@ -397,16 +399,33 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
   if step >= total:
     checkpoint(step)
     checkpoints.wait_checked()
+    # The run's model (train.select): the last weights, or the best validation checkpoint;
+    # `seqtrain eval` defaults to the same one.
+    params, model_from = state.params, {"checkpoint": "latest", "step": step}
+    if config.train.select == "best":
+      best_step = checkpoints.latest_step("best")
+      if best_step is None:
+        say("train.select=best but no validation ran: the run's model is the last weights")
+      else:
+        best_state, _ = checkpoints.restore(abstract_like(abstract, state_sharding), "best")
+        params, model_from = best_state.params, {"checkpoint": "best", "step": best_step}
+    result["model"] = model_from
     for split in ("validation", "test"):
       source = bundle.validation if split == "validation" else bundle.test
       if source is None:
         continue
-      m = evaluate_split(eval_fn, state.params, source, bundle, config, mesh, shard)
+      m = evaluate_split(eval_fn, params, source, bundle, config, mesh, shard)
+      if split == "test" and primary:
+        m["baselines"] = data_lib.baseline_report(bundle, source, split)
       result[split] = m
       writers.write(step, f"final_{split}", {"accuracy": m["accuracy"], "loss": m["loss"],
                                              "balanced_accuracy": m["balanced_accuracy"]})
-      say(f"final {split}: accuracy {m['accuracy']:.4f}, balanced accuracy "
-          f"{m['balanced_accuracy']:.4f}, loss {m['loss']:.4f} ({m['count']} examples)")
+      say(f"final {split} ({model_from['checkpoint']} checkpoint, step {model_from['step']}): "
+          f"accuracy {m['accuracy']:.4f}, balanced accuracy {m['balanced_accuracy']:.4f}, "
+          f"loss {m['loss']:.4f} ({m['count']} examples)")
+      if m.get("baselines"):
+        from seqtrain.baselines import describe
+        say(f"baselines on the same {split} examples: {describe(m['baselines'])}")
     if primary:
       config_lib.write_json_atomic(workdir / "final_metrics.json",
                                    json.dumps(result, indent=2, default=float))
