@@ -5,12 +5,19 @@ import os
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]).strip()
 
+# One persistent compilation cache per test session, shared by the xdist workers and the
+# `seqtrain` subprocesses (many of which compile the same small training programs); fresh
+# each session, so nothing carries over between runs.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import atexit
+  import shutil
+  import tempfile
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="seqtrain-test-jax-cache-")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
 import jax  # noqa: E402  (after XLA_FLAGS)
 import pytest  # noqa: E402
-
-# SEQTRAIN_FULL_TESTS=1: the full cross-products of cells x methods x shapes where a module
-# otherwise runs a covering subset (every method with every cell and every kind of shape).
-FULL = os.environ.get("SEQTRAIN_FULL_TESTS") == "1"
 
 jax.config.update("jax_enable_x64", True)
 

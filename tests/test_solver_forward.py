@@ -3,8 +3,10 @@
 Every method meets every cell at each kind of shape: one step, two steps, a
 mid-size state, and long sequences that cross many chunks of the chunked
 solvers. State sizes and lengths are paired rather than crossed (d matters to
-the solvers only through matrix sizes, t through the chunking); the random
-shapes of test_float32.py and test_solver_grad.py cover other combinations.
+the solvers only through matrix sizes, t through the chunking), and each
+(cell, method) takes its shapes in turn (tests/grids.py; SEQTRAIN_FULL_TESTS=1
+runs every triple); the random shapes of test_float32.py and
+test_solver_grad.py cover other combinations.
 """
 import functools
 
@@ -15,8 +17,10 @@ import pytest
 
 from seqtrain.solvers import solve
 from cells import gru_diag, make_problem
+from grids import product, rotate
 
 PARALLEL = ["deer", "quasi_deer", "elk", "quasi_elk"]
+CELLS = ["gru", "lstm", "tanh"]
 TOL = {jnp.float64: 1e-8, jnp.float32: 1e-4}
 
 
@@ -50,31 +54,27 @@ def check_states(cell, method, d, t, dtype, **opts):
   return info
 
 
-@pytest.mark.parametrize("method", PARALLEL)
-@pytest.mark.parametrize("cell", ["gru", "lstm", "tanh"])
-@pytest.mark.parametrize("d,t", [(1, 1), (4, 2), (16, 100), (1, 5000), (4, 5000)])
+@pytest.mark.parametrize("cell,method,d,t", rotate(
+    product(CELLS, PARALLEL), [(1, 1), (4, 2), (16, 100), (1, 5000), (4, 5000)], per=2))
 def test_matches_scan_float64(cell, method, d, t):
   check_states(cell, method, d, t, jnp.float64)
 
 
-@pytest.mark.parametrize("method", PARALLEL)
-@pytest.mark.parametrize("cell", ["gru", "lstm", "tanh"])
-@pytest.mark.parametrize("d,t", [(1, 1), (16, 100), (16, 5000)])
+@pytest.mark.parametrize("cell,method,d,t", rotate(
+    product(CELLS, PARALLEL), [(1, 1), (16, 100), (16, 5000)]))
 def test_matches_scan_float32(cell, method, d, t):
   check_states(cell, method, d, t, jnp.float32)
 
 
-@pytest.mark.parametrize("mode", ["store", "recompute"])
-@pytest.mark.parametrize("method", ["deer", "quasi_deer"])
-@pytest.mark.parametrize("cell", ["gru", "lstm", "tanh"])
-@pytest.mark.parametrize("d,t", [(4, 37), (16, 1000)])
+@pytest.mark.parametrize("cell,method,mode,d,t", rotate(
+    product(CELLS, ["deer", "quasi_deer"], ["store", "recompute"]), [(4, 37), (16, 1000)]))
 def test_per_step_newton_modes_match_scan(cell, method, mode, d, t):
   """The papers' per-step Newton (store / recompute) next to the default "shoot"."""
   check_states(cell, method, d, t, jnp.float64, mode=mode)
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 7, 64])
-@pytest.mark.parametrize("method", ["deer", "quasi_deer"])
+@pytest.mark.parametrize("method,chunk", rotate([("deer",), ("quasi_deer",)],
+                                                [(1,), (3,), (7,), (64,)], per=2))
 def test_shoot_mode_chunk_sizes(method, chunk):
   """Chunks of one step, chunks not dividing T (padding), one chunk for all T."""
   check_states("gru", method, 5, 50, jnp.float64, chunk=chunk)

@@ -1,5 +1,9 @@
 """Exact gradients through every method (custom VJP, one adjoint recurrence)
-against autodiff through jax.lax.scan, w.r.t. params, xs and h0."""
+against autodiff through jax.lax.scan, w.r.t. params, xs and h0.
+
+Every (cell, method) in one dtype, the dtypes in turn (tests/grids.py;
+SEQTRAIN_FULL_TESTS=1 runs both for each); float32 in true float32 (x64 off)
+is test_float32.py's."""
 import functools
 
 import jax
@@ -10,6 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from seqtrain.solvers import solve
 from cells import gru_diag, gru_step, make_problem
+from grids import product, rotate
 
 PARALLEL = ["deer", "quasi_deer", "elk", "quasi_elk"]
 RTOL = {jnp.float64: 1e-6, jnp.float32: 1e-3}
@@ -47,15 +52,14 @@ def check_grad(cell, method, d, t, dtype, **opts):
     assert err <= RTOL[dtype], (cell, method, name, err)
 
 
-@pytest.mark.parametrize("method", PARALLEL)
-@pytest.mark.parametrize("cell", ["gru", "lstm", "tanh"])
-@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+@pytest.mark.parametrize("method,cell,dtype", rotate(
+    product(PARALLEL, ["gru", "lstm", "tanh"]), [(jnp.float64,), (jnp.float32,)]))
 def test_gradients_match_scan(cell, method, dtype):
   check_grad(cell, method, 8, 300, dtype)
 
 
-@pytest.mark.parametrize("method", ["deer", "quasi_deer"])
-@pytest.mark.parametrize("adjoint", ["shoot", "dense", "quasi", "sequential"])
+@pytest.mark.parametrize("adjoint,method", rotate(
+    [("shoot",), ("dense",), ("quasi",), ("sequential",)], [("deer",), ("quasi_deer",)]))
 def test_every_exact_adjoint(adjoint, method):
   check_grad("gru", method, 6, 200, jnp.float64, adjoint=adjoint)
 

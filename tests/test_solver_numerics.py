@@ -142,12 +142,18 @@ def _hessian_problem():
   return p, loss
 
 
+@functools.lru_cache(maxsize=None)
+def _hessian_reference():
+  p, loss = _hessian_problem()
+  return jax.jit(jax.hessian(loss("sequential")), compiler_options=FAST_COMPILE)(p)
+
+
 @pytest.mark.parametrize("method", ["deer", "quasi_deer", "elk", "quasi_elk"])
 def test_hessian_equals_the_scans(method):
   """jax.hessian (forward over reverse, through vmap) of every method equals
   lax.scan's: the tangents are those of the exact solution (implicit.py)."""
   p, loss = _hessian_problem()
-  ref = jax.jit(jax.hessian(loss("sequential")), compiler_options=FAST_COMPILE)(p)
+  ref = _hessian_reference()
   hess = jax.jit(jax.hessian(loss(method)), compiler_options=FAST_COMPILE)(p)
   for a, b in zip(jax.tree_util.tree_leaves(hess), jax.tree_util.tree_leaves(ref)):
     np.testing.assert_allclose(a, b, atol=1e-8, rtol=1e-7)
@@ -155,7 +161,7 @@ def test_hessian_equals_the_scans(method):
 
 def test_reverse_over_reverse_equals_the_scans():
   p, loss = _hessian_problem()
-  ref = jax.jit(jax.hessian(loss("sequential")), compiler_options=FAST_COMPILE)(p)
+  ref = _hessian_reference()
   hess = jax.jit(jax.jacrev(jax.grad(loss("quasi_deer"))), compiler_options=FAST_COMPILE)(p)
   for a, b in zip(jax.tree_util.tree_leaves(hess), jax.tree_util.tree_leaves(ref)):
     np.testing.assert_allclose(a, b, atol=1e-8, rtol=1e-7)

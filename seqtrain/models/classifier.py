@@ -1,6 +1,6 @@
 """Sequence classifiers built from ParallelRNN layers.
 
-``SequenceClassifier``: [causal Conv stem, GELU ->] encoder Dense -> ``depth`` residual blocks of
+``SequenceClassifier``: [series norm ->] [causal Conv stem, GELU ->] encoder Dense -> ``depth`` residual blocks of
 [LayerNorm -> RNN -> residual -> LayerNorm -> MLP -> residual] -> pooled head
 (the first block reads the encoder's output without the first LayerNorm).
 Poolings over the valid steps: "mean", "max", "mean_max" (both, side by
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import jax
 import jax.numpy as jnp
 from flax import linen as nn
 from flax.core import FrozenDict
@@ -35,6 +36,21 @@ def masked_mean(x, mask):
   """Mean over the time axis (-2) of x where mask (..., T) is True."""
   m = mask[..., None].astype(x.dtype)
   return jnp.sum(x * m, axis=-2) / jnp.maximum(jnp.sum(m, axis=-2), 1.0)
+
+
+def series_norm(x, mask, eps: float = 1e-8):
+  """Per-series standardisation that keeps the scale: each channel of each series
+  z-normalised over its valid steps, next to that series' mean and log standard
+  deviation (broadcast over time): (B, T, C) -> (B, T, 3C). Series whose levels
+  differ by orders of magnitude all reach the network with visible shapes, and
+  their levels still tell them apart. Padded steps are 0."""
+  m = mask[..., None].astype(x.dtype)
+  n = jnp.maximum(jnp.sum(m, axis=-2, keepdims=True), 1.0)
+  mu = jnp.sum(x * m, axis=-2, keepdims=True) / n
+  var = jnp.sum(jnp.square(x - mu) * m, axis=-2, keepdims=True) / n
+  z = (x - mu) * jax.lax.rsqrt(var + eps) * m
+  stats = jnp.concatenate([mu, 0.5 * jnp.log(var + eps)], -1)
+  return jnp.concatenate([z, jnp.broadcast_to(stats, x.shape[:-1] + stats.shape[-1:]) * m], -1)
 
 
 def masked_max(x, mask):
@@ -84,7 +100,8 @@ class SequenceClassifier(_SolverOptionsFrozen, nn.Module):
 
   ``method``: the solver of every recurrent layer; "auto" (default) picks the
   fastest exact one for the backend and the padded length T at trace time
-  (``seqtrain.solvers.resolve_method``). ``stem_kernel`` > 1: a causal
+  (``seqtrain.solvers.resolve_method``). ``series_norm``: inputs pass through
+  :func:`series_norm` first. ``stem_kernel`` > 1: a causal
   convolution over that many steps (``width`` filters, GELU) before the
   encoder, so that the first recurrence reads local shapes, not single samples.
   """
@@ -98,6 +115,7 @@ class SequenceClassifier(_SolverOptionsFrozen, nn.Module):
   mlp_ratio: int = 1
   dropout: float = 0.0
   stem_kernel: int = 1
+  series_norm: bool = False
 
   @nn.compact
   def __call__(self, x, lengths=None, *, train: bool = False):
@@ -107,6 +125,8 @@ class SequenceClassifier(_SolverOptionsFrozen, nn.Module):
     if lengths is None:
       lengths = jnp.full((b,), t, jnp.int32)
     mask = jnp.arange(t)[None, :] < lengths[:, None]
+    if self.series_norm:
+      x = series_norm(x, mask)
     if self.stem_kernel > 1:
       # Causal: a step's stem output reads that step and earlier ones only, so
       # padding after a series' end changes none of its valid steps.

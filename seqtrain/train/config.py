@@ -36,8 +36,8 @@ POOLINGS = ("mean", "max", "mean_max", "last", "mean_logits")
 
 # Fields whose change makes a checkpoint unusable (parameter shapes, model or data meaning).
 SHAPE_FIELDS = ("model.width", "model.depth", "model.cell", "model.pooling", "model.mlp_ratio",
-                "model.stem_kernel", "data.source", "data.name", "data.num_classes", "data.channels",
-                "data.train_file")
+                "model.stem_kernel", "model.series_norm", "data.source", "data.name",
+                "data.num_classes", "data.channels", "data.train_file")
 
 
 class ConfigError(ValueError):
@@ -79,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.pooling = "mean"
   c.model.mlp_ratio = 2
   c.model.dropout = 0.0
+  c.model.series_norm = False        # per-series z-norm + each series' mean and log std as inputs
   c.model.stem_kernel = 1            # > 1: a causal convolution of this many steps before the encoder
   c.model.solver = ml_collections.ConfigDict()
   c.model.solver.method = "auto"     # auto: by backend and length (resolve_method) | METHODS

@@ -51,7 +51,7 @@ def build_model(config, num_classes: int) -> SequenceClassifier:
   return SequenceClassifier(num_classes=num_classes, width=m.width, depth=m.depth, cell=m.cell,
                             method=m.solver.method, solver_options=solver_options(config),
                             pooling=m.pooling, mlp_ratio=m.mlp_ratio, dropout=m.dropout,
-                            stem_kernel=m.stem_kernel)
+                            stem_kernel=m.stem_kernel, series_norm=m.series_norm)
 
 
 def build_optimizer(config) -> optax.GradientTransformation:
