@@ -33,6 +33,56 @@ def test_shapes_and_padding_invariance(pooling):
   np.testing.assert_allclose(model.apply(params, x2, lengths), logits, atol=1e-5)
 
 
+def test_series_norm_stem_and_max_pooling_ignore_padding():
+  """The real-data front end: per-series standardisation (+ level and log scale), a
+  causal conv stem and mean+max pooling; padded steps still change nothing."""
+  model = SequenceClassifier(num_classes=4, width=8, depth=1, pooling="mean_max",
+                             series_norm=True, stem_kernel=5)
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 20, 2))
+  lengths = jnp.array([20, 11, 4])
+  params = model.init(jax.random.PRNGKey(1), x, lengths)
+  logits = model.apply(params, x, lengths)
+  x2 = x.at[1, 11:].set(100.0).at[2, 4:].set(-7.0)
+  np.testing.assert_allclose(model.apply(params, x2, lengths), logits, atol=1e-5)
+  assert params["params"]["stem"]["kernel"].value.shape == (5, 6, 8)  # 3C inputs
+
+
+def test_ensemble_members_are_independent_and_average_probabilities():
+  model = SequenceClassifier(num_classes=3, width=8, depth=1, members=3, pooling="mean_max")
+  single = SequenceClassifier(num_classes=3, width=8, depth=1, pooling="mean_max")
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 12, 4))
+  lengths = jnp.array([12, 5])
+  params = nn.unbox(model.init(jax.random.PRNGKey(1), x, lengths))
+  kernel = params["params"]["members"]["head"]["kernel"]
+  assert kernel.shape[0] == 3 and not np.allclose(kernel[0], kernel[1])  # own initialisations
+  member_logits = model.apply(params, x, lengths, train=True)
+  assert member_logits.shape == (3, 2, 3)
+  for k in range(3):   # member k is the single model with member k's parameters
+    pk = jax.tree.map(lambda a: a[k], params["params"]["members"])
+    np.testing.assert_allclose(single.apply({"params": pk}, x, lengths), member_logits[k],
+                               atol=1e-5)
+  probs = jnp.mean(jax.nn.softmax(member_logits), axis=0)
+  np.testing.assert_allclose(jnp.exp(model.apply(params, x, lengths)), probs, atol=1e-6)
+
+
+def test_series_norm_values():
+  from seqtrain.models.classifier import series_norm
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 2), jnp.float64)
+  x = x.at[1].multiply(1000.0).at[1].add(5.0)
+  mask = jnp.arange(9)[None] < jnp.array([9, 6])[:, None]
+  out = series_norm(x, mask)
+  assert out.shape == (2, 9, 6)
+  for b, n in ((0, 9), (1, 6)):
+    z = out[b, :n, :2]
+    np.testing.assert_allclose(z.mean(0), 0, atol=1e-9)
+    np.testing.assert_allclose(z.std(0), 1, atol=1e-6)
+    valid = x[b, :n]
+    np.testing.assert_allclose(out[b, :n, 2:4], np.broadcast_to(valid.mean(0), (n, 2)), rtol=1e-9)
+    np.testing.assert_allclose(out[b, :n, 4:], np.broadcast_to(np.log(valid.std(0)), (n, 2)),
+                               rtol=1e-6)
+  assert not np.any(out[1, 6:])   # padded steps are 0
+
+
 def test_logical_axis_names_on_params():
   model = SequenceClassifier(num_classes=2, width=8, depth=1)
   boxed = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 5, 3)))

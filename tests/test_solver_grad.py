@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from seqtrain.solvers import solve
 from cells import gru_diag, gru_step, make_problem
-from grids import product, rotate
+from grids import FULL, product, rotate
 
 PARALLEL = ["deer", "quasi_deer", "elk", "quasi_elk"]
 RTOL = {jnp.float64: 1e-6, jnp.float32: 1e-3}
@@ -115,7 +115,8 @@ def test_closed_over_arrays_are_differentiated():
   assert abs(g - r) <= 1e-8 * abs(r)
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8 if FULL else 5, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(d=st.integers(1, 7), t=st.integers(1, 90), batch=st.integers(1, 3),
        method=st.sampled_from(PARALLEL), chunk=st.one_of(st.none(), st.integers(1, 20)),
        mode=st.sampled_from(["shoot", "store", "recompute"]), seed=st.integers(0, 10_000))
@@ -130,7 +131,8 @@ def test_random_shapes(d, t, batch, method, chunk, mode, seed):
     def f(p, hb, xb):
       hs, info = jax.vmap(lambda h, x: solve(step, p, h, x, method, **o))(hb, xb)
       return jnp.sum(jnp.cos(hs)), (hs, info)
-    return jax.grad(f, argnums=(0, 1, 2), has_aux=True)(params, hb, xb)
+    # jitted: one compile per example (eagerly, every operation compiles per shape)
+    return jax.jit(jax.grad(f, argnums=(0, 1, 2), has_aux=True))(params, hb, xb)
 
   g_ref, (h_ref, _) = run("sequential")
   g, (h, info) = run(method, chunk=chunk, on_failure="return", give_up=None,

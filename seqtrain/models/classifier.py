@@ -1,8 +1,10 @@
 """Sequence classifiers built from ParallelRNN layers.
 
-``SequenceClassifier``: [series norm ->] [causal Conv stem, GELU ->] encoder Dense -> ``depth`` residual blocks of
-[LayerNorm -> RNN -> residual -> LayerNorm -> MLP -> residual] -> pooled head
-(the first block reads the encoder's output without the first LayerNorm).
+``SequenceClassifier``: [series norm ->] [causal Conv stem, GELU ->] encoder
+Dense -> ``depth`` residual blocks of [LayerNorm -> RNN -> residual ->
+LayerNorm -> MLP -> residual] -> pooled head (the first block reads the
+encoder's output without the first LayerNorm); ``members`` > 1 makes it an
+ensemble.
 Poolings over the valid steps: "mean", "max", "mean_max" (both, side by
 side: a stationary property and a short event anywhere), "last".
 With ``pooling="mean_logits"`` it is the papers' EigenWorms model (per-step
@@ -100,7 +102,9 @@ class SequenceClassifier(_SolverOptionsFrozen, nn.Module):
 
   ``method``: the solver of every recurrent layer; "auto" (default) picks the
   fastest exact one for the backend and the padded length T at trace time
-  (``seqtrain.solvers.resolve_method``). ``series_norm``: inputs pass through
+  (``seqtrain.solvers.resolve_method``). ``members`` > 1: an ensemble of that many
+  independently initialised copies in one vmapped program (see ``_ensemble``).
+  ``series_norm``: inputs pass through
   :func:`series_norm` first. ``stem_kernel`` > 1: a causal
   convolution over that many steps (``width`` filters, GELU) before the
   encoder, so that the first recurrence reads local shapes, not single samples.
@@ -116,9 +120,12 @@ class SequenceClassifier(_SolverOptionsFrozen, nn.Module):
   dropout: float = 0.0
   stem_kernel: int = 1
   series_norm: bool = False
+  members: int = 1
 
   @nn.compact
   def __call__(self, x, lengths=None, *, train: bool = False):
+    if self.members > 1:
+      return self._ensemble(x, lengths, train)
     if self.pooling not in POOLINGS:
       raise ValueError(f"unknown pooling {self.pooling!r}; valid: {', '.join(POOLINGS)}")
     b, t = x.shape[0], x.shape[1]
@@ -155,3 +162,18 @@ class SequenceClassifier(_SolverOptionsFrozen, nn.Module):
       return head(jnp.concatenate([masked_mean(h, mask), masked_max(h, mask)], -1))
     last = jnp.take_along_axis(h, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)[:, 0]
     return head(last)
+
+  def _ensemble(self, x, lengths, train):
+    """``members`` independent copies (own initialisations and dropout) in one vmapped
+    program. Training: (members, B, classes) logits, each member its own loss; otherwise
+    the log of the members' mean probability (B, classes), the ensemble's prediction."""
+    fields = {f: getattr(self, f) for f in ("num_classes", "width", "depth", "cell", "method",
+                                            "solver_options", "pooling", "mlp_ratio",
+                                            "dropout", "stem_kernel", "series_norm")}
+    members = nn.vmap(SequenceClassifier, variable_axes={"params": 0, "solver_stats": 0},
+                      split_rngs={"params": True, "dropout": True}, in_axes=(None, None),
+                      axis_size=self.members, metadata_params={nn.PARTITION_NAME: None})
+    logits = members(**fields, name="members")(x, lengths, train=train)
+    if train:
+      return logits
+    return jax.nn.logsumexp(jax.nn.log_softmax(logits), axis=0) - jnp.log(self.members)

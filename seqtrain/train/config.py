@@ -36,8 +36,8 @@ POOLINGS = ("mean", "max", "mean_max", "last", "mean_logits")
 
 # Fields whose change makes a checkpoint unusable (parameter shapes, model or data meaning).
 SHAPE_FIELDS = ("model.width", "model.depth", "model.cell", "model.pooling", "model.mlp_ratio",
-                "model.stem_kernel", "model.series_norm", "data.source", "data.name",
-                "data.num_classes", "data.channels", "data.train_file")
+                "model.stem_kernel", "model.series_norm", "model.members", "data.source",
+                "data.name", "data.num_classes", "data.channels", "data.train_file")
 
 
 class ConfigError(ValueError):
@@ -79,8 +79,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.pooling = "mean"
   c.model.mlp_ratio = 2
   c.model.dropout = 0.0
+  c.model.members = 1                # > 1: an ensemble of this many models, one vmapped step
   c.model.series_norm = False        # per-series z-norm + each series' mean and log std as inputs
-  c.model.stem_kernel = 1            # > 1: a causal convolution of this many steps before the encoder
+  c.model.stem_kernel = 1            # > 1: causal convolution of this many steps before the encoder
   c.model.solver = ml_collections.ConfigDict()
   c.model.solver.method = "auto"     # auto: by backend and length (resolve_method) | METHODS
   c.model.solver.max_iter = 0        # 0: the solver's default
@@ -105,7 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 50
   c.train.checkpoint_every = 100
   c.train.keep_checkpoints = 2
-  c.train.select = "last"            # the run's model: the last weights | the best validation checkpoint
+  c.train.select = "last"            # the run's model: last weights | best validation checkpoint
   c.train.max_bad_steps = 10         # stop after this many non-finite updates in a row
 
   c.mesh = ml_collections.ConfigDict()
@@ -239,7 +240,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                 "model.solver.max_iter", "model.solver.chunk"):
     _check(_get(c, field) >= 0, field, _get(c, field), "must be >= 0")
   for field in ("model.width", "model.depth", "model.mlp_ratio", "model.stem_kernel",
-                "train.batch_size",
+                "model.members", "train.batch_size",
                 "train.eval_batch_size", "train.steps", "train.log_every", "train.eval_every",
                 "train.checkpoint_every", "train.keep_checkpoints", "train.max_bad_steps",
                 "data.length", "data.train_size", "data.validation_size", "data.test_size",

@@ -51,7 +51,8 @@ def build_model(config, num_classes: int) -> SequenceClassifier:
   return SequenceClassifier(num_classes=num_classes, width=m.width, depth=m.depth, cell=m.cell,
                             method=m.solver.method, solver_options=solver_options(config),
                             pooling=m.pooling, mlp_ratio=m.mlp_ratio, dropout=m.dropout,
-                            stem_kernel=m.stem_kernel, series_norm=m.series_norm)
+                            stem_kernel=m.stem_kernel, series_norm=m.series_norm,
+                            members=m.members)
 
 
 def build_optimizer(config) -> optax.GradientTransformation:
@@ -90,8 +91,17 @@ def init_state(model, tx, config, example_shape, channels: int) -> TrainState:
 
 
 def _flat_stats(mutable: dict) -> dict:
+  """Solver statistics by layer; an ensemble's per-member values reduced like examples'."""
   flat = traverse_util.flatten_dict(mutable.get("solver_stats", {}), sep="/")
-  return {k: v[0] if isinstance(v, tuple) else v for k, v in flat.items()}
+  out = {}
+  for k, v in flat.items():
+    v = v[0] if isinstance(v, tuple) else v
+    k = k.removeprefix("members/")
+    if jnp.ndim(v):
+      v = jnp.sum(v) if is_summed_stat(k) else (jnp.all(v) if k.endswith("converged")
+                                                 else jnp.max(v))
+    out[k] = v
+  return out
 
 
 def is_summed_stat(key: str) -> bool:
@@ -153,8 +163,13 @@ def make_train_step(model, tx, mesh, lr_schedule: Callable, *, augment_scale: fl
     def loss_fn(p):
       logits, mutable = model.apply({"params": p}, inputs, batch["lengths"], train=True,
                                     rngs={"dropout": rng}, mutable=["solver_stats"])
-      ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
-                                                           batch["labels"])
+      logits = logits.astype(jnp.float32)
+      if logits.ndim == 3:   # an ensemble: every member learns on its own loss
+        ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+            logits, batch["labels"][None]), axis=0)
+        logits = jax.nn.logsumexp(jax.nn.log_softmax(logits), axis=0)  # mean probability
+      else:
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
       return jnp.sum(ce * batch["mask"]), (logits, _flat_stats(mutable))
 
     (loss_sum, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
