@@ -44,6 +44,8 @@ def test_quickstart_reaches_target_accuracy(quickstart, capsys):
   assert result["model"] == {"checkpoint": "latest", "step": 300}
   base = result["test"]["baselines"]
   assert (base["1nn_euclidean"], base["1nn_dtw"], base["train_size"]) == (0.6, 0.975, 40)
+  summary = (workdir / "results.md").read_text()
+  assert "latest checkpoint, step 300" in summary and "| 1-NN Euclidean | 0.6000 |" in summary
   (solver,) = [r for r in read_metrics(workdir) if r["kind"] == "solver"]
   assert (solver["method"], solver["resolved"]) == ("auto", "sequential")
   assert result["solver"]["resolved"] == "sequential"
@@ -55,6 +57,7 @@ def test_eval_writes_reports_and_refuses_other_shapes(quickstart, capsys):
   report = json.loads((workdir / "eval" / "test-latest.json").read_text())
   assert report["accuracy"] == metrics["accuracy"] == result["test"]["accuracy"] >= 0.95
   assert report["baselines"]["1nn_euclidean"] == 0.6
+  assert "| 1-NN DTW (window 10) | 0.9750 |" in (workdir / "eval" / "test-latest.md").read_text()
   assert "1-NN Euclidean 0.6000" in capsys.readouterr().out
   assert set(report["per_class"]) == {"Standing", "Running", "Walking", "Badminton"}
   assert np.sum(report["confusion_matrix"]) == 40

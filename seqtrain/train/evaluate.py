@@ -1,8 +1,9 @@
 """``seqtrain eval``: a trained workdir evaluated on a split or on other data of the same shape.
 
 Writes ``<workdir>/eval/<split>-<checkpoint>.json`` (accuracy, balanced accuracy,
-per-class precision / recall / F1, confusion matrix) and a confusion-matrix PNG
-beside it. Normalisation uses the statistics of the run's training split.
+per-class precision / recall / F1, confusion matrix, the 1-NN baselines on the
+same examples), a markdown summary (``.md``) and a confusion-matrix PNG beside
+it. Normalisation uses the statistics of the run's training split.
 
 Train short, infer long: ``length=N`` regenerates a synthetic task's split at
 length N (same seed, same examples' labels and nuisance draws, longer series)
@@ -87,6 +88,30 @@ def _oracle_accuracy(source) -> float | None:
     return None
   hits = [source.oracle(source[i]["series"]) == int(source.labels[i]) for i in range(len(source))]
   return float(np.mean(hits))
+
+
+def report_markdown(metrics: dict, title: str) -> str:
+  """A run's result as markdown: the model's accuracy next to the baselines (or the
+  synthetic task's oracle), then per-class precision / recall / F1."""
+  rows = [("seqtrain", metrics["accuracy"])]
+  base = metrics.get("baselines") or {}
+  for key, name in (("1nn_euclidean", "1-NN Euclidean"), ("1nn_dtw", "1-NN DTW")):
+    if key in base:
+      rows.append((name + (f" (window {base['dtw_window']})" if key == "1nn_dtw" and
+                           "dtw_window" in base else ""), base[key]))
+  if metrics.get("oracle_accuracy") is not None:
+    rows.append(("task oracle", metrics["oracle_accuracy"]))
+  where = (f"{metrics.get('checkpoint', 'latest')} checkpoint, step {metrics.get('step')}"
+           if metrics.get("step") is not None else "")
+  lines = [f"# {title}", "", f"{metrics['count']} examples" + (f"; {where}" if where else ""),
+           "", "| model | accuracy |", "|---|---:|"]
+  lines += [f"| {n} | {'-' if v is None else f'{v:.4f}'} |" for n, v in rows]
+  lines += ["", f"balanced accuracy {metrics['balanced_accuracy']:.4f}, macro F1 "
+            f"{metrics['macro_f1']:.4f}, loss {metrics['loss']:.4f}", "",
+            "| class | precision | recall | f1 | support |", "|---|---:|---:|---:|---:|"]
+  lines += [f"| {c} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | "
+            f"{m['support']} |" for c, m in metrics["per_class"].items()]
+  return "\n".join(lines) + "\n"
 
 
 class _ReportingEval:
@@ -220,6 +245,8 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str |
   if jax.process_index() == 0:
     out_dir.mkdir(exist_ok=True)
     config_lib.write_json_atomic(out_dir / f"{name}.json", json.dumps(metrics, indent=2))
+    config_lib.write_json_atomic(out_dir / f"{name}.md",
+                                 report_markdown(metrics, f"{workdir.name}: {label}"))
     plot_confusion(metrics["confusion_matrix"], metrics["class_names"], out_dir / f"{name}.png",
                    f"{label}: accuracy {metrics['accuracy']:.3f}")
   metrics["report"] = str(out_dir / f"{name}.json")
@@ -239,5 +266,5 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str |
   for c, m in metrics["per_class"].items():
     say(f"  {c:<{width}}  precision {m['precision']:.3f}  recall {m['recall']:.3f}  "
         f"f1 {m['f1']:.3f}  support {m['support']}")
-  say(f"report: {out_dir / name}.json (+ .png)")
+  say(f"report: {out_dir / name}.json (+ .md, .png)")
   return metrics

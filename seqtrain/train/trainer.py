@@ -429,6 +429,12 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
     if primary:
       config_lib.write_json_atomic(workdir / "final_metrics.json",
                                    json.dumps(result, indent=2, default=float))
+      final = result.get("test") or result.get("validation")
+      if final is not None:
+        from seqtrain.train.evaluate import report_markdown
+        final = dict(final, step=model_from["step"], checkpoint=model_from["checkpoint"])
+        config_lib.write_json_atomic(workdir / "results.md", report_markdown(
+            final, f"{workdir.name}: final {'test' if 'test' in result else 'validation'}"))
   writers.close()
   checkpoints.close()
   result["state"] = state
