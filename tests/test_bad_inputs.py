@@ -45,6 +45,8 @@ def _files(tmp):
   (tmp / "nowork").mkdir()
   (tmp / "config_noget.py").write_text("X = 1\n")
   (tmp / "config_crash.py").write_text("def get_config(arg=None):\n  return 42\n")
+  (tmp / "config_syntax.py").write_text("def get_config(arg=None)\n  return 42\n")
+  (tmp / "config_import.py").write_text("import no_such_module_here\n")
   with zipfile.ZipFile(tmp / "evil.zip", "w") as z:
     z.writestr("../Evil_TRAIN.ts", "x")
     z.writestr("Evil_TEST.ts", "x")
@@ -139,6 +141,17 @@ CASES = [
     ("bench datasets: no such training file", ["bench", "datasets", "BasicMotions",
                                                "{tmp}/Nope_TRAIN.ts", "--workdir", "{tmp}/w"],
      "Nope_TRAIN.ts: no such file"),
+    ("config: empty variant", ["train", "--config", "configs/basic_motions.py:", "--workdir",
+                               "{tmp}/w"], "empty variant after ':'"),
+    ("config: syntax error", ["train", "--config", "{tmp}/config_syntax.py", "--workdir",
+                              "{tmp}/w"], "config_syntax.py, line 1: syntax error"),
+    ("config: import error", ["train", "--config", "{tmp}/config_import.py", "--workdir",
+                              "{tmp}/w"], "ModuleNotFoundError: No module named"),
+    ("config: select=best without a validation split",
+     ["train", *BM, "--workdir", "{tmp}/w", "--config.data.validation_fraction=0",
+      "--config.train.select=best"], "test data never picks a checkpoint"),
+    ("cpu devices: zero", ["train", *BM, "--workdir", "{tmp}/w", "--cpu-devices", "0"],
+     "SEQTRAIN_CPU_DEVICES=0: must be >= 1"),
     ("multi-process: incomplete flags", ["train", *BM, "--workdir", "{tmp}/w", "--process-id", "1"],
      "missing: coordinator, num-processes"),
 ]

@@ -70,6 +70,11 @@ def test_eval_writes_reports_and_refuses_other_shapes(quickstart, capsys):
   assert cli.main(["eval", "--workdir", str(workdir), "--data", "JapaneseVowels"]) == 2
   err = capsys.readouterr().err
   assert "12 channels; the model was trained on 6" in err
+  capsys.readouterr()
+  by_step = evaluate_workdir(workdir, checkpoint="300")   # a step names its own report
+  assert by_step["accuracy"] == metrics["accuracy"] and by_step["step"] == 300
+  assert (workdir / "eval" / "test-step300.json").exists()
+  assert "evaluating the checkpoint of step 300" in capsys.readouterr().out
   assert cli.main(["eval", "--workdir", str(workdir), "--checkpoint", "7"]) == 2
   assert "no checkpoint of step 7" in capsys.readouterr().err
 
@@ -118,6 +123,29 @@ def test_select_best_reports_and_evaluates_the_best_checkpoint(tmp_path, capsys)
   assert result["validation"]["accuracy"] == best["accuracy"]
   assert "final test (best checkpoint, step" in capsys.readouterr().out
   assert evaluate_workdir(tmp_path)["accuracy"] == result["test"]["accuracy"]
+
+
+def test_without_validation_split_test_data_picks_no_checkpoint(tmp_path, capsys):
+  config = config_lib.load_config("configs/basic_motions.py",
+                                  TINY + ["train.steps=20", "data.validation_fraction=0"])
+  result = train_and_evaluate(config, tmp_path)
+  out = capsys.readouterr().out
+  assert "test (monitoring only) at step 10" in out and "no checkpoint is selected" in out
+  assert not any((tmp_path / "best").glob("*"))          # nothing selected on test data
+  kinds = {r["kind"] for r in read_metrics(tmp_path)}
+  assert "test_monitor" in kinds and "validation" not in kinds and "final_validation" not in kinds
+  assert result["model"] == {"checkpoint": "latest", "step": 20} and "validation" not in result
+  with pytest.raises(config_lib.ConfigError, match="test data never picks a checkpoint"):
+    config_lib.load_config("configs/basic_motions.py",
+                           ["data.validation_fraction=0", "train.select=best"])
+
+
+def test_batch_larger_than_the_training_set_is_warned(tmp_path, capsys):
+  config = config_lib.load_config("configs/basic_motions.py",
+                                  TINY + ["train.steps=2", "train.batch_size=64"])
+  train_and_evaluate(config, tmp_path)
+  assert ("warning: train.batch_size=64 exceeds the 32 training series: every batch holds "
+          "each series about 2.0 times") in capsys.readouterr().out
 
 
 def test_bench_datasets_table(tmp_path, capsys):

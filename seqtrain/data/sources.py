@@ -127,7 +127,9 @@ def load_splits(name: str | None = None, *, train_file: str | None = None,
   """Train / validation / test of an archive dataset (by ``name``) or of users' files.
 
   Without a validation file, ``validation_fraction`` of every class of train is held
-  out (stratified, seeded by ``seed``); ``validation_fraction=0`` validates on test.
+  out (stratified, seeded by ``seed``); with ``validation_fraction=0`` the test split
+  stands in as ``validation`` (the trainer then only monitors it: no checkpoint is
+  selected on test data).
   """
   from seqtrain.data.pipeline import stratified_split
   if train_file:

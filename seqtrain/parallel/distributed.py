@@ -53,6 +53,8 @@ def from_env(args: DistributedArgs | None = None) -> DistributedArgs:
   args.mode = args.mode or os.environ.get("SEQTRAIN_DISTRIBUTED") or None
   if args.cpu_devices is None:
     args.cpu_devices = _env_int("SEQTRAIN_CPU_DEVICES")
+  if args.cpu_devices is not None and args.cpu_devices < 1:
+    raise ValueError(f"--cpu-devices / SEQTRAIN_CPU_DEVICES={args.cpu_devices}: must be >= 1")
   return args
 
 

@@ -120,7 +120,14 @@ def _import_config_file(path: Path):
   if spec is None or spec.loader is None:
     raise ConfigError(f"{path}: cannot be imported as a Python config file")
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise ConfigError(f"{path}, line {e.lineno}: syntax error ({e.msg})") from None
+  except Exception as e:  # noqa: BLE001  (any error while importing the user's file)
+    if os.environ.get("SEQTRAIN_DEBUG"):
+      raise
+    raise ConfigError(f"{path}: importing the config failed: {type(e).__name__}: {e}") from None
   if not hasattr(module, "get_config"):
     raise ConfigError(f"{path}: defines no get_config(arg) function")
   return module
@@ -128,7 +135,10 @@ def _import_config_file(path: Path):
 
 def resolve_config_path(spec: str) -> tuple[Path, str | None]:
   """``"configs/x.py:arg"`` or a bare name ``"x"`` (looked up in the repository's configs/)."""
-  path, _, arg = spec.partition(":")
+  path, colon, arg = spec.partition(":")
+  if colon and not arg:
+    raise ConfigError(f"config {spec!r}: empty variant after ':' (write {path} alone, or "
+                      f"{path}:VARIANT)")
   p = Path(path).expanduser()
   if not p.exists() and not path.endswith(".py") and (CONFIGS_DIR / f"{path}.py").exists():
     p = CONFIGS_DIR / f"{path}.py"
@@ -263,6 +273,10 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          f"expected one of {', '.join(POOLINGS)}")
   _check(c.train.select in ("last", "best"), "train.select", c.train.select,
          "expected last or best")
+  _check(not (c.train.select == "best" and c.data.source != "synthetic"
+              and c.data.validation_fraction == 0 and not c.data.validation_file),
+         "train.select", c.train.select, "needs a validation split (data.validation_fraction > 0 "
+         "or data.validation_file): test data never picks a checkpoint")
   _check(0.0 <= c.model.dropout < 1.0, "model.dropout", c.model.dropout, "must be in [0, 1)")
   _check(ALIASES.get(c.model.solver.method, c.model.solver.method) in METHODS + (AUTO,),
          "model.solver.method", c.model.solver.method,

@@ -221,8 +221,9 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str |
   finally:
     ckpts.close()
   restored_step = int(meta["step"])
-  say(f"evaluating {which} checkpoint (step {restored_step}) of {workdir} on {label}: "
-      f"{len(source)} examples")
+  what = f"{which} checkpoint (step {restored_step})" if step is None else \
+      f"checkpoint of step {restored_step}"
+  say(f"evaluating the {what} of {workdir} on {label}: {len(source)} examples")
 
   if length is not None:
     from seqtrain.train.trainer import solver_plan
@@ -241,7 +242,7 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str |
   if run_data is not None:
     metrics["baselines"] = data_lib.baseline_report(run_data, source, split)
   out_dir = workdir / "eval"
-  name = f"{label}-{which}{'' if step is None else step}"
+  name = f"{label}-{which if step is None else f'step{step}'}"
   if jax.process_index() == 0:
     out_dir.mkdir(exist_ok=True)
     config_lib.write_json_atomic(out_dir / f"{name}.json", json.dumps(metrics, indent=2))

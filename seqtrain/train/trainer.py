@@ -201,6 +201,17 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
   # --- input pipeline -----------------------------------------------------------------------
   bundle = data_lib.build_data(config, workdir)
   say(f"data: {bundle.description}")
+  # Without a held-out validation split the periodic evaluation reads the test split: it is
+  # shown for monitoring only and never picks a checkpoint (config.validate refuses select=best).
+  held_out = bundle.validation is not None and bundle.validation is not bundle.test
+  if not held_out:
+    say("no validation split (data.validation_fraction=0, no validation file): the test split "
+        "is evaluated every train.eval_every steps for monitoring only, no checkpoint is "
+        "selected on it, and the run's model is the last weights")
+  if config.train.batch_size > len(bundle.train):
+    say(f"warning: train.batch_size={config.train.batch_size} exceeds the {len(bundle.train)} "
+        f"training series: every batch holds each series about "
+        f"{config.train.batch_size / len(bundle.train):.1f} times")
   if primary:
     config_lib.write_json_atomic(workdir / "data.json", json.dumps(bundle.info(), indent=2))
 
@@ -349,16 +360,18 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
           last_eval = evaluate_split(eval_fn, state.params, bundle.validation, bundle, config,
                                      mesh, shard)
         # best = highest validation accuracy, ties broken by lower validation loss
-        improved = (last_eval["accuracy"], -last_eval["loss"]) > (best_accuracy, -best_loss)
+        improved = held_out and ((last_eval["accuracy"], -last_eval["loss"]) >
+                                 (best_accuracy, -best_loss))
         if improved:
           best_accuracy, best_loss = last_eval["accuracy"], last_eval["loss"]
-        writers.write(step, "validation", {"accuracy": last_eval["accuracy"],
-                                           "loss": last_eval["loss"],
-                                           "balanced_accuracy": last_eval["balanced_accuracy"],
-                                           "best_accuracy": best_accuracy})
-        say(f"validation at step {step}: accuracy {last_eval['accuracy']:.4f} "
-            f"(best {best_accuracy:.4f}), loss {last_eval['loss']:.4f}, "
-            f"{last_eval['count']} examples")
+        kind = "validation" if held_out else "test_monitor"
+        writers.write(step, kind, {"accuracy": last_eval["accuracy"], "loss": last_eval["loss"],
+                                   "balanced_accuracy": last_eval["balanced_accuracy"],
+                                   **({"best_accuracy": best_accuracy} if held_out else {})})
+        say(f"{'validation' if held_out else 'test (monitoring only)'} at step {step}: accuracy "
+            f"{last_eval['accuracy']:.4f}"
+            + (f" (best {best_accuracy:.4f})" if held_out else "")
+            + f", loss {last_eval['loss']:.4f}, {last_eval['count']} examples")
         if improved:
           with progress.paused():
             checkpoint(step, "best")
@@ -412,7 +425,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
     result["model"] = model_from
     for split in ("validation", "test"):
       source = bundle.validation if split == "validation" else bundle.test
-      if source is None:
+      if source is None or (split == "validation" and not held_out):
         continue
       m = evaluate_split(eval_fn, params, source, bundle, config, mesh, shard)
       if split == "test" and primary:
