@@ -111,6 +111,12 @@ def test_interrupted_run_resumes_to_the_same_parameters(tmp_path):
     np.testing.assert_array_equal(a, b)
   steps = [r["step"] for r in read_metrics(tmp_path / "cut") if r["kind"] == "train"]
   assert steps == list(range(1, 31))
+  train_and_evaluate(config, tmp_path / "cut")                    # finished: run once more
+  # no (kind, step) is written twice, resumed or rerun (the raw file, not read_metrics)
+  raw = [json.loads(l) for l in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+  keys = [(r["kind"], r["step"]) for r in raw]
+  assert len(keys) == len(set(keys)) and ("final_test", 30) in keys
+  assert [r["step"] for r in raw if r["kind"] == "train"] == list(range(1, 31))
 
 
 def test_select_best_reports_and_evaluates_the_best_checkpoint(tmp_path, capsys):

@@ -280,7 +280,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
   # --- loop ---------------------------------------------------------------------------------
   if primary:
     config_lib.write_json_atomic(workdir / "config.json", config_text)
-  writers = MetricWriters(workdir, active=primary)
+  writers = MetricWriters(workdir, active=primary, resume_step=start_step)
   solver_info = {"method": config.model.solver.method, "resolved": solver_ran,
                  "backend": jax.default_backend(),
                  "by_length": {str(t): m for t, m in sorted(solver_by_length.items())}}

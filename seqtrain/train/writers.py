@@ -23,20 +23,56 @@ def _finite_or_str(v):
   return v if math.isfinite(v) else str(v)
 
 
-class MetricWriters:
-  """Writes scalars to ``workdir/metrics.jsonl`` and ``workdir/tensorboard``."""
+# Records a run writes at its start step or when it finishes, so written again by a run
+# that resumes at that step (the others at that step came from before the checkpoint).
+_RESTART_KINDS = ("solver", "final_")
 
-  def __init__(self, workdir: str | Path, active: bool = True, tensorboard: bool = True):
+
+def _truncate_jsonl(path: Path, step: int) -> set:
+  """Keeps the records of ``path`` up to ``step`` (a resumed run writes the later ones
+  again), minus those a run rewrites at ``step``; returns the dropped (kind, step) keys
+  at ``step``. A torn last line is dropped."""
+  kept, dropped = [], set()
+  for line in path.read_text().splitlines():
+    try:
+      r = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    s, kind = r.get("step", 0), str(r.get("kind", ""))
+    if s < step or (s == step and not kind.startswith(_RESTART_KINDS)):
+      kept.append(line)
+    elif s == step:
+      dropped.add((kind, s))
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text("".join(line + "\n" for line in kept))
+  tmp.replace(path)
+  return dropped
+
+
+class MetricWriters:
+  """Writes scalars to ``workdir/metrics.jsonl`` and ``workdir/tensorboard``.
+
+  ``resume_step``: the step a resumed run starts from. Records after it are removed
+  from metrics.jsonl and TensorBoard (``purge_step``), so no step is written twice;
+  final records of a finished run that is run again are replaced."""
+
+  def __init__(self, workdir: str | Path, active: bool = True, tensorboard: bool = True,
+               resume_step: int = 0):
     self.active = active
     self._tb = None
     self._jsonl: TextIO | None = None
+    self._rewritten: set = set()
     if not active:
       return
     workdir = Path(workdir)
-    self._jsonl = open(workdir / "metrics.jsonl", "a", buffering=1)
+    path = workdir / "metrics.jsonl"
+    if resume_step and path.exists():
+      self._rewritten = _truncate_jsonl(path, resume_step)
+    self._jsonl = open(path, "a", buffering=1)
     if tensorboard:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(str(workdir / "tensorboard"), flush_secs=10)
+      self._tb = SummaryWriter(str(workdir / "tensorboard"), flush_secs=10,
+                               purge_step=resume_step + 1 if resume_step else None)
 
   def write(self, step: int, kind: str, scalars: Mapping[str, float]):
     if not self.active:
@@ -44,7 +80,7 @@ class MetricWriters:
     record = {"step": int(step), "kind": kind, "time": round(time.time(), 3)}
     record.update({k: _finite_or_str(v) for k, v in scalars.items()})
     self._jsonl.write(json.dumps(record) + "\n")
-    if self._tb is not None:
+    if self._tb is not None and (kind, int(step)) not in self._rewritten:
       for k, v in scalars.items():
         self._tb.add_scalar(f"{kind}/{k}", float(v), int(step))
 
@@ -77,8 +113,8 @@ class MetricWriters:
 def read_metrics(workdir: str | Path) -> list[dict]:
   """Records of ``metrics.jsonl``; a torn last line (killed writer) is skipped.
 
-  A resumed run re-logs the steps after its checkpoint: the later record of a
-  (kind, step) pair wins.
+  A resumed run removes the records after its checkpoint before it writes
+  (MetricWriters); should a (kind, step) pair still appear twice, the later wins.
   """
   path = Path(workdir) / "metrics.jsonl"
   if not path.exists():
