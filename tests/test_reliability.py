@@ -109,6 +109,11 @@ def test_no_loadable_checkpoint_refuses_to_start_over(reference, tmp_path, capsy
   err = capsys.readouterr().err
   assert "refusing to start from scratch" in err
   assert (workdir / "corrupt_checkpoints").is_dir()
+  # and it stays refused: the same command again does not start over from step 0
+  assert cli.main(["train", *train_cmd(workdir, *ARGS)[4:]]) == 2
+  err = capsys.readouterr().err
+  assert "holds the ones that failed to load" in err and len(err.strip().splitlines()) == 1
+  assert not list((workdir / "checkpoints").iterdir())
 
 
 TINY = ["model.width=8", "model.depth=1", "model.mlp_ratio=1", "train.batch_size=8",

@@ -125,10 +125,18 @@ class Checkpoints:
         say(f"checkpoint of step {step} at {path} failed to load ({type(e).__name__}: {reason}); "
             f"moving it to {self.workdir / 'corrupt_checkpoints'} and trying the previous one")
         self._quarantine(step)
+    corrupt = self.workdir / "corrupt_checkpoints"
     if steps:
       raise CheckpointError(f"none of the checkpoints in {self.dirs['latest']} (steps {steps}) "
-                            "loads; refusing to start from scratch over them. Move the workdir "
-                            "away to start a new run.")
+                            f"loads (moved to {corrupt}); refusing to start from scratch over "
+                            "them. Move the workdir away to start a new run.")
+    if corrupt.is_dir() and any(corrupt.iterdir()):
+      # A run whose every checkpoint failed before stays refused until the user acts:
+      # starting again would train from step 0 over the old run's metrics and best/.
+      raise CheckpointError(f"{self.workdir}: no loadable checkpoint, and {corrupt} holds the "
+                            "ones that failed to load; refusing to start from scratch over the "
+                            "old run. Move the workdir away to start a new run (or move "
+                            f"{corrupt.name}/ out of it to start over in place).")
     return None
 
   def _quarantine(self, step: int):
