@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 
@@ -124,8 +125,9 @@ def _train(args) -> int:
           f"{test['accuracy']:.4f} ({model.get('checkpoint', 'latest')} checkpoint, step "
           f"{model.get('step', result['step'])}"
           + (f"; 1-NN Euclidean {base:.4f}" if base is not None else "") + "); "
-          f"`seqtrain eval --workdir {args.workdir}` for the full report of that checkpoint, "
-          f"`seqtrain plot --workdir {args.workdir}` for curves")
+          f"`seqtrain eval --workdir {shlex.quote(str(args.workdir))}` for the full report of "
+          f"that checkpoint, `seqtrain plot --workdir {shlex.quote(str(args.workdir))}` for "
+          "curves")
   return 0
 
 

@@ -93,6 +93,7 @@ BAD = {
                         "header says @seriesLength 3"),
     "unequal": ("@equalLength true\n@classLabel true a b\n@data\n1,2:a\n1:b\n", "lengths differ"),
     "missing_forbidden": ("@missing false\n@classLabel true a b\n@data\n1,?:a\n", "@missing false"),
+    "nan_forbidden": ("@missing false\n@classLabel true a b\n@data\n1,NaN:a\n", "('?' or NaN)"),
     "all_missing": ("@classLabel true a b\n@data\n?,?:a\n", "every value"),
     "empty_data": ("@classLabel true a b\n@data\n\n", "no examples"),
     "no_label_field": ("@classLabel true a b\n@data\n1,2,3\n", "separated by ':'"),

@@ -147,11 +147,14 @@ def test_without_validation_split_test_data_picks_no_checkpoint(tmp_path, capsys
 
 
 def test_batch_larger_than_the_training_set_is_warned(tmp_path, capsys):
-  config = config_lib.load_config("configs/basic_motions.py",
-                                  TINY + ["train.steps=2", "train.batch_size=64"])
-  train_and_evaluate(config, tmp_path)
+  workdir = tmp_path / "my run"   # a space: the suggested commands quote it
+  assert cli.main(["train", "--config", "configs/basic_motions.py", "--workdir", str(workdir),
+                   *(f"--config.{o}" for o in TINY + ["train.steps=2",
+                                                      "train.batch_size=64"])]) == 0
+  out = capsys.readouterr().out
   assert ("warning: train.batch_size=64 exceeds the 32 training series: every batch holds "
-          "each series about 2.0 times") in capsys.readouterr().out
+          "each series about 2.0 times") in out
+  assert f"`seqtrain eval --workdir '{workdir}'`" in out
 
 
 def test_bench_datasets_table(tmp_path, capsys):

@@ -246,7 +246,7 @@ def read_ts(path: str | os.PathLike, name: str | None = None) -> SeriesDataset:
     if np.isnan(x).all():
       raise DataFormatError(path, "every value of the example is missing", lineno)
     if not allow_missing and np.isnan(x).any():
-      raise DataFormatError(path, "missing value '?' but the header says @missing false", lineno)
+      raise DataFormatError(path, "missing value ('?' or NaN) but the header says @missing false", lineno)
     if length is not None and x.shape[0] != length:
       raise DataFormatError(path, f"series of length {x.shape[0]}, header says @seriesLength "
                             f"{length}", lineno)

@@ -73,7 +73,8 @@ def initialize(args: DistributedArgs | None = None) -> bool:
       raise ValueError(f"multi-process run needs --coordinator, --num-processes and "
                        f"--process-id (or SEQTRAIN_* variables); missing: {', '.join(missing)}")
     if not 0 <= args.process_id < args.num_processes:
-      raise ValueError(f"--process-id {args.process_id} outside [0, {args.num_processes})")
+      raise ValueError(f"process id {args.process_id} (--process-id or SEQTRAIN_PROCESS_ID) "
+                       f"outside [0, {args.num_processes}) for {args.num_processes} processes")
     if args.num_processes == 1:
       return False
     jax.distributed.initialize(args.coordinator, num_processes=args.num_processes,
