@@ -92,7 +92,7 @@ def _quiet_logs():
 def _distributed(args):
   from seqtrain.parallel.distributed import DistributedArgs, initialize
   initialize(DistributedArgs(args.coordinator, args.num_processes, args.process_id,
-                             args.distributed, args.cpu_devices))
+                             args.distributed, args.cpu_devices, args.distributed_timeout))
 
 
 def _add_distributed_flags(p):
@@ -102,6 +102,9 @@ def _add_distributed_flags(p):
   g.add_argument("--process-id", type=int, default=None)
   g.add_argument("--distributed", default=None, choices=["auto", "none"],
                  help="auto: JAX's cluster auto-detection (SLURM, Cloud TPU, Kubernetes)")
+  g.add_argument("--distributed-timeout", type=int, default=None, metavar="SECONDS",
+                 help="how long to wait for the coordinator (default 300; "
+                      "SEQTRAIN_DISTRIBUTED_TIMEOUT)")
   g.add_argument("--cpu-devices", type=int, default=None,
                  help="split a CPU host into this many devices (testing)")
 

@@ -152,6 +152,10 @@ CASES = [
       "--config.train.select=best"], "test data never picks a checkpoint"),
     ("cpu devices: zero", ["train", *BM, "--workdir", "{tmp}/w", "--cpu-devices", "0"],
      "SEQTRAIN_CPU_DEVICES=0: must be >= 1"),
+    ("multi-process: unreachable coordinator",
+     ["train", *BM, "--workdir", "{tmp}/w", "--coordinator", "127.0.0.1:9", "--num-processes",
+      "2", "--process-id", "1", "--distributed-timeout", "1"],
+     "coordinator 127.0.0.1:9 not reachable after 1 s"),
     ("multi-process: incomplete flags", ["train", *BM, "--workdir", "{tmp}/w", "--process-id", "1"],
      "missing: coordinator, num-processes"),
 ]

@@ -245,11 +245,11 @@ def test_sbatch_sets_seqtrain_env_per_task_and_requeues_on_time_limit_signal(tmp
       sleep 30 & wait
       exit 9
   """)
-  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_ID="4242",
+  env = {k: v for k, v in os.environ.items() if not k.startswith("SEQTRAIN_")}  # hermetic
+  env = dict(env, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_ID="4242",
              SLURM_JOB_NODELIST="gpu-a[17-18]", SLURM_NNODES="2", CONFIG="configs/x.py:tiny",
              WORKDIR=str(tmp_path / "work dir"), EXTRA_ARGS="--config.train.steps=7",
              VENV=str(tmp_path / "no-venv"))
-  env.pop("SEQTRAIN_DISTRIBUTED", None)
   job = subprocess.Popen([BASH, str(LAUNCH / "slurm.sbatch")], env=env, cwd=tmp_path,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
   try:
@@ -430,3 +430,21 @@ def test_k8s_wrapper_sets_process_id_and_reports_preemption(tmp_path, preempted)
     assert (tmp_path / "saved").read_text().strip() == "saved"
   else:
     assert pod.returncode == 0, out.decode()
+
+
+def test_wait_for_coordinator_says_so_and_gives_up_in_one_line():
+  import socket
+  from seqtrain.parallel.distributed import wait_for_coordinator
+  lines = []
+  with socket.socket() as server:          # something listening: no wait, no message
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    wait_for_coordinator(f"127.0.0.1:{server.getsockname()[1]}", 5, say=lambda *a, **k:
+                         lines.append(a[0]))
+  assert lines == []
+  with socket.socket() as s:               # a port nobody listens on
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  with pytest.raises(ValueError, match=rf"coordinator 127.0.0.1:{port} not reachable after 1 s"):
+    wait_for_coordinator(f"127.0.0.1:{port}", 1, say=lambda *a, **k: lines.append(a[0]))
+  assert lines == [f"waiting for coordinator 127.0.0.1:{port} (up to 1 s)"]

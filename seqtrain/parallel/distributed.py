@@ -12,7 +12,10 @@ One process per host (or per local group of devices) runs the same
 4. nothing: a single process, nothing to initialise.
 
 ``--cpu-devices K`` (``SEQTRAIN_CPU_DEVICES``) splits a CPU host into K devices,
-for trying multi-device code on one machine.
+for trying multi-device code on one machine. ``--distributed-timeout SECONDS``
+(``SEQTRAIN_DISTRIBUTED_TIMEOUT``, default 300) bounds the wait for the
+coordinator: a process other than 0 says that it waits for HOST:PORT, and gives
+up with one line naming it if nothing listens there in time.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ class DistributedArgs:
   process_id: int | None = None
   mode: str | None = None          # None | "auto"
   cpu_devices: int | None = None
-  timeout_s: int = 300
+  timeout_s: int | None = None     # None: SEQTRAIN_DISTRIBUTED_TIMEOUT or 300
 
 
 def _env_int(name: str) -> int | None:
@@ -53,9 +56,41 @@ def from_env(args: DistributedArgs | None = None) -> DistributedArgs:
   args.mode = args.mode or os.environ.get("SEQTRAIN_DISTRIBUTED") or None
   if args.cpu_devices is None:
     args.cpu_devices = _env_int("SEQTRAIN_CPU_DEVICES")
+  timeout = _env_int("SEQTRAIN_DISTRIBUTED_TIMEOUT")
+  if args.timeout_s is None:
+    args.timeout_s = 300 if timeout is None else timeout
+  if args.timeout_s < 1:
+    raise ValueError(f"--distributed-timeout / SEQTRAIN_DISTRIBUTED_TIMEOUT={args.timeout_s}: "
+                     "must be >= 1 second")
   if args.cpu_devices is not None and args.cpu_devices < 1:
     raise ValueError(f"--cpu-devices / SEQTRAIN_CPU_DEVICES={args.cpu_devices}: must be >= 1")
   return args
+
+
+def wait_for_coordinator(address: str, timeout_s: float, say=print) -> None:
+  """Returns once something accepts TCP connections at HOST:PORT; raises ValueError
+  (one line, naming the address) after ``timeout_s`` seconds. JAX's own wait ends
+  in an abort with a C++ stack trace; this one ends in a message."""
+  import socket
+  import time
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit():
+    raise ValueError(f"--coordinator {address!r}: expected HOST:PORT")
+  deadline = time.monotonic() + timeout_s
+  said = False
+  while True:
+    try:
+      with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+        return
+    except OSError as e:
+      reason = e.strerror or type(e).__name__
+    if time.monotonic() >= deadline:
+      raise ValueError(f"coordinator {address} not reachable after {timeout_s:g} s ({reason}); "
+                       "is process 0 running? (--distributed-timeout sets the wait)")
+    if not said:
+      say(f"waiting for coordinator {address} (up to {timeout_s:g} s)", flush=True)
+      said = True
+    time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
 def initialize(args: DistributedArgs | None = None) -> bool:
@@ -77,6 +112,8 @@ def initialize(args: DistributedArgs | None = None) -> bool:
                        f"outside [0, {args.num_processes}) for {args.num_processes} processes")
     if args.num_processes == 1:
       return False
+    if args.process_id != 0:
+      wait_for_coordinator(args.coordinator, args.timeout_s)
     jax.distributed.initialize(args.coordinator, num_processes=args.num_processes,
                                process_id=args.process_id,
                                initialization_timeout=args.timeout_s)
