@@ -268,3 +268,18 @@ def test_tfds_format_feeds_the_same_batches(tmp_path):
   for a, b in zip(batches["memory"], batches["tfds"]):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_tfds_runs_reuse_what_data_prepare_wrote(tmp_path, monkeypatch, capsys):
+  from seqtrain.train import data as data_lib
+  monkeypatch.setenv("SEQTRAIN_DATA_DIR", str(tmp_path / "cache"))
+  assert cli.main(["data", "prepare", "BasicMotions", "--quiet"]) == 0
+  files = sorted((tmp_path / "cache" / "tfds").rglob("*.array_record*"))
+  assert files
+  stamps = [f.stat().st_mtime_ns for f in files]
+  config = config_lib.load_config("configs/basic_motions.py", ["data.format=tfds"])
+  bundle = data_lib.build_data(config, tmp_path / "work")
+  assert len(bundle.train) + len(bundle.validation) == 40
+  assert sorted((tmp_path / "cache" / "tfds").rglob("*.array_record*")) == files
+  assert [f.stat().st_mtime_ns for f in files] == stamps       # read, not written again
+  assert not (tmp_path / "work" / "tfds").exists()

@@ -58,7 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.validation_file = ""
   c.data.validation_fraction = 0.2   # stratified split of train when there is no validation file
   c.data.format = "memory"           # memory | tfds (array_record prepared under data.tfds_dir)
-  c.data.tfds_dir = ""               # default: <workdir>/tfds
+  c.data.tfds_dir = ""               # default: <dataset cache>/tfds, as `seqtrain data prepare`
   c.data.normalize = True
   c.data.max_length = 0              # crop longer series (0: no cropping)
   c.data.bucket_boundaries = ()      # pad to these lengths instead of the longest series

@@ -117,7 +117,11 @@ def _synthetic(config):
 def _tfds(config, workdir):
   from seqtrain.data import tfds_builder
   d = config.data
-  root = Path(d.tfds_dir) if d.tfds_dir else Path(workdir) / "tfds"
+  if d.tfds_dir:
+    root = Path(d.tfds_dir).expanduser()
+  else:   # where `seqtrain data prepare` writes: prepared once, reused by every run
+    from seqtrain.data.download import cache_dir
+    root = cache_dir() / "tfds"
   tfds_builder.prepare(d.name, root, source_dir=d.data_dir or None)
   train = tfds_builder.data_source(d.name, "train", root)
   test = tfds_builder.data_source(d.name, "test", root)
