@@ -116,6 +116,19 @@ def test_no_loadable_checkpoint_refuses_to_start_over(reference, tmp_path, capsy
   assert not list((workdir / "checkpoints").iterdir())
 
 
+def test_damaged_checkpoint_at_eval_is_one_line(reference, tmp_path, capsys):
+  root, _ = reference
+  workdir = tmp_path / "w"
+  shutil.copytree(root / "ref", workdir)
+  for f in (workdir / "checkpoints").rglob("*"):
+    if f.is_file() and "state" in f.parts:
+      f.write_bytes(b"")
+  assert cli.main(["eval", "--workdir", str(workdir), "--checkpoint", "latest"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and "failed to load" in err, err
+  assert str(workdir / "checkpoints") in err and "Traceback" not in err
+
+
 TINY = ["model.width=8", "model.depth=1", "model.mlp_ratio=1", "train.batch_size=8",
         "train.eval_batch_size=40", "train.log_every=1", "train.warmup_steps=0"]
 

@@ -13,6 +13,7 @@ iterations per layer and the compiled program's memory.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -218,6 +219,14 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str |
     state, meta = ckpts.restore(abstract_like(abstract, sharding), which, step)
   except FileNotFoundError as e:
     raise EvalError(str(e)) from None
+  except Exception as e:  # noqa: BLE001  (orbax raises many types for damaged files)
+    if os.environ.get("SEQTRAIN_DEBUG"):
+      raise
+    at = ckpts.dirs[which] / str(step if step is not None else ckpts.latest_step(which))
+    reason = (str(e).strip().splitlines() or [""])[0][:200]
+    raise EvalError(f"the {which} checkpoint at {at} failed to load ({type(e).__name__}"
+                    f"{': ' + reason if reason else ''}); try another: --checkpoint latest, "
+                    "best or a step") from None
   finally:
     ckpts.close()
   restored_step = int(meta["step"])
