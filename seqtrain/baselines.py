@@ -225,23 +225,28 @@ def _labels_for(train_source, test_source) -> tuple[np.ndarray, np.ndarray]:
 
 
 def baselines(train_source, test_source, *, dtw_window_fraction: float = 0.1,
-              max_dtw_cells: float = 2e9, max_euclidean_cells: float = 2e10) -> dict[str, Any]:
+              max_dtw_cells: float = 2e9, max_euclidean_cells: float = 2e10,
+              max_matrix_bytes: float = 2 * 2**30) -> dict[str, Any]:
   """Test accuracy of 1-NN Euclidean and 1-NN DTW trained on ``train_source``.
 
   Both sets are resampled to the longest series over train and test (:func:`as_matrix`). The
   DTW band is ``dtw_window(dtw_window_fraction, L)`` steps; DTW is skipped (accuracy None,
   ``dtw_skipped`` says why) when ``n_train * n_test * L * (2 * window + 1)`` exceeds
   ``max_dtw_cells``; both are skipped when ``n_train * n_test * L * C`` exceeds
-  ``max_euclidean_cells``. ``seconds`` holds the wall time of each part.
+  ``max_euclidean_cells`` or the resampled float64 series would take more than
+  ``max_matrix_bytes``. ``seconds`` holds the wall time of each part.
   """
   seconds: dict[str, float] = {}
   start = time.perf_counter()
   lengths = np.concatenate([np.asarray(train_source.lengths), np.asarray(test_source.lengths)])
   length = int(lengths.max())
-  cells = float(len(train_source)) * len(test_source) * length * train_source[0]["series"].shape[-1]
-  if cells > max_euclidean_cells:
+  channels = train_source[0]["series"].shape[-1]
+  cells = float(len(train_source)) * len(test_source) * length * channels
+  matrix_bytes = 8.0 * (len(train_source) + len(test_source)) * length * channels
+  if cells > max_euclidean_cells or matrix_bytes > max_matrix_bytes:
     reason = (f"not affordable: {len(train_source)} train x {len(test_source)} test x length "
-              f"{length} = {cells:.3g} cells > {max_euclidean_cells:.3g}")
+              f"{length} = {cells:.3g} cells (limit {max_euclidean_cells:.3g}), "
+              f"{matrix_bytes / 2**30:.2g} GiB resampled (limit {max_matrix_bytes / 2**30:.2g})")
     return {"1nn_euclidean": None, "1nn_dtw": None, "length": length, "seconds": seconds,
             "euclidean_skipped": reason, "dtw_skipped": reason}
   train_x = as_matrix(train_source, length)

@@ -191,6 +191,8 @@ def test_dtw_skipped_when_over_budget():
   assert out["1nn_dtw"] == 1.0 and "dtw_skipped" not in out
   out = bl.baselines(train, test, max_euclidean_cells=6 * 4 * 20 - 1)  # one channel
   assert out["1nn_euclidean"] is None and "not affordable" in out["euclidean_skipped"]
+  out = bl.baselines(train, test, max_matrix_bytes=8 * (6 + 4) * 20 - 1)
+  assert out["1nn_euclidean"] is None and "GiB resampled" in out["euclidean_skipped"]
 
 
 def test_baselines_map_test_labels_by_class_name():
