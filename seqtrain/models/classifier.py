@@ -22,6 +22,7 @@ from flax import linen as nn
 from flax.core import FrozenDict
 
 from seqtrain.nn import DiagGRUCell, DiagLSTMCell, LRUCell, ParallelRNN
+from seqtrain.solvers import sharded
 
 CELLS = {"gru": nn.GRUCell, "lstm": nn.LSTMCell, "simple": nn.SimpleCell,
          "diag_gru": DiagGRUCell, "diag_lstm": DiagLSTMCell, "lru": LRUCell}
@@ -34,33 +35,48 @@ def _dense(features, names, name=None, use_bias=True):
                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), names[-1:]))
 
 
-def masked_mean(x, mask):
-  """Mean over the time axis (-2) of x where mask (..., T) is True."""
+def _time_sum(a, axis):
+  """Sum over the time axis (-2), over the whole sequence when it is sharded
+  over the mesh axis ``axis``."""
+  out = jnp.sum(a, axis=-2)
+  return out if axis is None else jax.lax.psum(out, axis)
+
+
+def masked_mean(x, mask, axis=None):
+  """Mean over the time axis (-2) of x where mask (..., T) is True (``axis``:
+  time sharded over that mesh axis)."""
   m = mask[..., None].astype(x.dtype)
-  return jnp.sum(x * m, axis=-2) / jnp.maximum(jnp.sum(m, axis=-2), 1.0)
+  return _time_sum(x * m, axis) / jnp.maximum(_time_sum(m, axis), 1.0)
 
 
-def series_norm(x, mask, eps: float = 1e-8):
+def series_norm(x, mask, eps: float = 1e-8, axis=None):
   """Per-series standardisation that keeps the scale: each channel of each series
   z-normalised over its valid steps, next to that series' mean and log standard
   deviation (broadcast over time): (B, T, C) -> (B, T, 3C). Series whose levels
   differ by orders of magnitude all reach the network with visible shapes, and
   their levels still tell them apart. Padded steps are 0."""
   m = mask[..., None].astype(x.dtype)
-  n = jnp.maximum(jnp.sum(m, axis=-2, keepdims=True), 1.0)
-  mu = jnp.sum(x * m, axis=-2, keepdims=True) / n
-  var = jnp.sum(jnp.square(x - mu) * m, axis=-2, keepdims=True) / n
+  total = lambda a: _time_sum(a, axis)[..., None, :]
+  n = jnp.maximum(total(m), 1.0)
+  mu = total(x * m) / n
+  var = total(jnp.square(x - mu) * m) / n
   z = (x - mu) * jax.lax.rsqrt(var + eps) * m
   stats = jnp.concatenate([mu, 0.5 * jnp.log(var + eps)], -1)
   return jnp.concatenate([z, jnp.broadcast_to(stats, x.shape[:-1] + stats.shape[-1:]) * m], -1)
 
 
-def masked_max(x, mask):
+def masked_max(x, mask, axis=None):
   """Max over the time axis (-2) of x where mask (..., T) is True (0 where no
-  step is valid)."""
+  step is valid; ``axis``: time sharded over that mesh axis)."""
   m = mask[..., None]
   out = jnp.max(jnp.where(m, x, -jnp.inf), axis=-2)
-  return jnp.where(jnp.any(m, axis=-2), out, 0.0)
+  if axis is not None:
+    # lax.pmax has no derivative: the device holding the maximum (the first
+    # on ties) contributes its value, the others zero, and a psum adds them.
+    maxima = jax.lax.all_gather(jax.lax.stop_gradient(out), axis)
+    owner = jnp.argmax(maxima, axis=0) == jax.lax.axis_index(axis)
+    out = jax.lax.psum(jnp.where(owner, out, 0.0), axis)
+  return jnp.where(_time_sum(m.astype(x.dtype), axis) > 0, out, 0.0)
 
 
 class _SolverOptionsFrozen:
@@ -80,14 +96,18 @@ class ResidualBlock(_SolverOptionsFrozen, nn.Module):
   mlp_ratio: int = 1
   dropout: float = 0.0
   norm_input: bool = True
+  seq_axis: str | None = None
 
   @nn.compact
   def __call__(self, x, lengths, *, train: bool = False):
     if self.cell not in CELLS:
       raise ValueError(f"unknown cell {self.cell!r}; valid cells: {', '.join(CELLS)}")
     y = nn.LayerNorm(name="norm_rnn")(x) if self.norm_input else x
+    # Only the outputs are used, and they do not depend on the lengths (the
+    # recurrence runs over padding, as nn.RNN's); across devices none are passed.
     y = ParallelRNN(CELLS[self.cell](self.width), method=self.method,
-                    solver_options=self.solver_options, name="rnn")(y, seq_lengths=lengths)
+                    solver_options=self.solver_options, seq_axis=self.seq_axis,
+                    name="rnn")(y, seq_lengths=None if self.seq_axis else lengths)
     if y.shape[-1] != self.width:   # e.g. LRUCell's [Re h, Im h]
       y = _dense(self.width, ("mlp", "embed"), "rnn_out")(y)
     x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
@@ -108,6 +128,11 @@ class SequenceClassifier(_SolverOptionsFrozen, nn.Module):
   :func:`series_norm` first. ``stem_kernel`` > 1: a causal
   convolution over that many steps (``width`` filters, GELU) before the
   encoder, so that the first recurrence reads local shapes, not single samples.
+  ``seq_axis``: sequence parallelism; inside ``jax.shard_map`` with the time
+  axis of ``x`` sharded over this mesh axis (``lengths`` count whole series),
+  the same parameters give the same logits (ParallelRNN(seq_axis), the stem's
+  causal window reads the previous device's last steps, statistics and pooling
+  reduce over the axis).
   """
   num_classes: int
   width: int = 32
@@ -121,6 +146,7 @@ class SequenceClassifier(_SolverOptionsFrozen, nn.Module):
   stem_kernel: int = 1
   series_norm: bool = False
   members: int = 1
+  seq_axis: str | None = None
 
   @nn.compact
   def __call__(self, x, lengths=None, *, train: bool = False):
@@ -129,15 +155,30 @@ class SequenceClassifier(_SolverOptionsFrozen, nn.Module):
     if self.pooling not in POOLINGS:
       raise ValueError(f"unknown pooling {self.pooling!r}; valid: {', '.join(POOLINGS)}")
     b, t = x.shape[0], x.shape[1]
+    axis = self.seq_axis
+    if axis is not None and self.is_initializing() and not sharded.in_scope(axis):
+      axis = None   # init outside shard_map: the same parameters
+    steps = jnp.arange(t)
+    if axis is not None:   # this device's block of the time axis
+      steps = steps + jax.lax.axis_index(axis) * t
+      total_t = t * jax.lax.axis_size(axis)
+    else:
+      total_t = t
     if lengths is None:
-      lengths = jnp.full((b,), t, jnp.int32)
-    mask = jnp.arange(t)[None, :] < lengths[:, None]
+      lengths = jnp.full((b,), total_t, jnp.int32)
+    mask = steps[None, :] < lengths[:, None]
     if self.series_norm:
-      x = series_norm(x, mask)
+      x = series_norm(x, mask, axis=axis)
     if self.stem_kernel > 1:
       # Causal: a step's stem output reads that step and earlier ones only, so
-      # padding after a series' end changes none of its valid steps.
-      h = nn.Conv(self.width, (self.stem_kernel,), padding="CAUSAL", name="stem",
+      # padding after a series' end changes none of its valid steps.  Across
+      # devices the window reads the previous block's last steps (zeros before
+      # the first, as the causal padding).
+      padding = "CAUSAL"
+      if axis is not None:
+        halo = sharded.from_previous(x[:, t - (self.stem_kernel - 1):], axis, reverse=False)
+        x, padding = jnp.concatenate([halo, x], axis=1), "VALID"
+      h = nn.Conv(self.width, (self.stem_kernel,), padding=padding, name="stem",
                   kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
                                                            (None, "features", "mlp")),
                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(),
@@ -150,18 +191,19 @@ class SequenceClassifier(_SolverOptionsFrozen, nn.Module):
       # features of a projection of few channels keeps little more than their
       # signs (one channel: exactly the sign), and the recurrence needs amplitudes.
       h = ResidualBlock(self.width, self.cell, self.method, self.solver_options, self.mlp_ratio,
-                        self.dropout, norm_input=i > 0, name=f"block_{i}")(h, lengths, train=train)
+                        self.dropout, norm_input=i > 0, seq_axis=axis,
+                        name=f"block_{i}")(h, lengths, train=train)
     head = _dense(self.num_classes, ("embed", "classes"), "head")
     if self.pooling == "mean_logits":
-      return masked_mean(head(h), mask)
+      return masked_mean(head(h), mask, axis)
     if self.pooling == "mean":
-      return head(masked_mean(h, mask))
+      return head(masked_mean(h, mask, axis))
     if self.pooling == "max":
-      return head(masked_max(h, mask))
+      return head(masked_max(h, mask, axis))
     if self.pooling == "mean_max":
-      return head(jnp.concatenate([masked_mean(h, mask), masked_max(h, mask)], -1))
-    last = jnp.take_along_axis(h, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)[:, 0]
-    return head(last)
+      return head(jnp.concatenate([masked_mean(h, mask, axis), masked_max(h, mask, axis)], -1))
+    at_last = (steps[None, :] == jnp.maximum(lengths - 1, 0)[:, None])[..., None]
+    return head(_time_sum(jnp.where(at_last, h, 0.0), axis))
 
   def _ensemble(self, x, lengths, train):
     """``members`` independent copies (own initialisations and dropout) in one vmapped
@@ -169,7 +211,8 @@ class SequenceClassifier(_SolverOptionsFrozen, nn.Module):
     the log of the members' mean probability (B, classes), the ensemble's prediction."""
     fields = {f: getattr(self, f) for f in ("num_classes", "width", "depth", "cell", "method",
                                             "solver_options", "pooling", "mlp_ratio",
-                                            "dropout", "stem_kernel", "series_norm")}
+                                            "dropout", "stem_kernel", "series_norm",
+                                            "seq_axis")}
     members = nn.vmap(SequenceClassifier, variable_axes={"params": 0, "solver_stats": 0},
                       split_rngs={"params": True, "dropout": True}, in_axes=(None, None),
                       axis_size=self.members, metadata_params={nn.PARTITION_NAME: None})

@@ -13,7 +13,7 @@ from flax.linen.recurrent import flip_sequences
 from jax import lax
 
 from seqtrain.nn.cells import cell_functions
-from seqtrain.solvers import canonical_method, resolve_method, solve
+from seqtrain.solvers import canonical_method, resolve_method, sharded, solve
 
 # Methods that materialise dense (D, D) Jacobians of the flat per-example state.
 DENSE_METHODS = ("deer", "elk")
@@ -71,6 +71,14 @@ class ParallelRNN(nn.Module):
       mutable by the caller, e.g. ``apply(..., mutable=["solver_stats"])``.
     max_dense_state: largest flat per-example state size D for which "deer" /
       "elk" (dense D x D Jacobians) are allowed.
+    seq_axis: sequence parallelism: inside ``jax.shard_map`` with the time
+      axis of the inputs sharded over this mesh axis, each device passes its
+      block of steps and gets its block of outputs; the returned carry is the
+      one after the whole sequence (equal on every device).  Methods
+      "sequential", "deer", "quasi_deer" (``solve(seq_axis=...)``); no
+      ``seq_lengths`` or ``reverse`` (padding and flipping would cross
+      devices).  The parameter tree is unchanged (``init`` may run outside
+      shard_map).
   """
   cell: nn.RNNCellBase
   # nn.RNN's attributes, in its order and with its defaults.
@@ -88,6 +96,7 @@ class ParallelRNN(nn.Module):
   solver_options: Mapping[str, Any] = FrozenDict()
   stats_collection: str = "solver_stats"
   max_dense_state: int = MAX_DENSE_STATE
+  seq_axis: str | None = None
 
   def __post_init__(self):
     # Plain dicts are accepted; a frozen copy keeps the module hashable (jit static).
@@ -129,7 +138,16 @@ class ParallelRNN(nn.Module):
     # (*batch, T, *features), as nn.RNN lays out its non-time-major inputs.
     x = jnp.moveaxis(inputs, 0, nb) if time_major else inputs
     batch_dims, t = x.shape[:nb], x.shape[nb]
-    method = resolve_method(method, t)
+    axis = self.seq_axis
+    if axis is not None and self.is_initializing() and not sharded.in_scope(axis):
+      axis = None   # init outside shard_map: the same parameters
+    if axis is not None:
+      if seq_lengths is not None or reverse:
+        raise ValueError(
+            f"ParallelRNN(seq_axis={axis!r}) takes whole sequences in time order: "
+            f"seq_lengths and reverse are not supported across devices")
+      options["seq_axis"] = axis
+    method = resolve_method(method, t * (1 if axis is None else sharded.axis_size(axis)))
     unroll = 1 if self.unroll is False else self.unroll
 
     if initial_carry is None:
@@ -179,11 +197,20 @@ class ParallelRNN(nn.Module):
       ys = fns.output(carries)
     else:
       cell_def = self.cell.clone(parent=None)
+      first = carry_flat
+      if axis is not None:   # the state before this device's block
+        first = sharded.boundary(carry_flat, jax.tree_util.tree_map(lambda c: c[:, -1], carries),
+                                 axis, reverse=False)
       prev = jax.tree_util.tree_map(
-          lambda c0, c: jnp.concatenate([c0[:, None], c[:, :-1]], axis=1), carry_flat, carries)
+          lambda c0, c: jnp.concatenate([c0[:, None], c[:, :-1]], axis=1), first, carries)
       ys = jax.vmap(jax.vmap(lambda c, xt: cell_def.apply({"params": params}, c, xt)[1]))(
           prev, xs_flat)
-    if seq_lengths is None:
+    if axis is not None:   # the last device's last carry, on every device
+      last_dev = sharded.is_last(axis, reverse=False)
+      final = jax.tree_util.tree_map(
+          lambda c: jax.lax.psum(jnp.where(last_dev, c[:, -1], jnp.zeros_like(c[:, -1])), axis),
+          carries)
+    elif seq_lengths is None:
       final = jax.tree_util.tree_map(lambda c: c[:, -1], carries)
     else:
       # nn.RNN's _select_last_carry: the carry after step length - 1.

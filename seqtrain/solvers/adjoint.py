@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from seqtrain.solvers import sharded
 from seqtrain.solvers.fallback import sequential_fill
 from seqtrain.solvers.implicit import adjoint_step, exact_jvp, normalised
 from seqtrain.solvers.newton import newton_solve
@@ -24,25 +25,34 @@ from seqtrain.solvers.stopping import real_dtype
 ADJOINTS = ("shoot", "dense", "quasi", "sequential", "approx")
 
 
-def _shift_next(a):
-  """a_{t+1} at t, zero at the last step."""
-  return jnp.concatenate([a[1:], jnp.zeros_like(a[:1])])
+def _shift_next(a, axis=None):
+  """a_{t+1} at t, zero at the last step (with ``axis``: of the whole sequence,
+  the next device's first step at a block's last)."""
+  last = jnp.zeros_like(a[0]) if axis is None else sharded.from_next(a[0], axis, False)
+  return jnp.concatenate([a[1:], last[None]])
 
 
 def _vmapped(fz):
   return jax.vmap(fz, in_axes=(None, 0, 0))
 
 
-def sequential_adjoint(fz, params, zprev, xs, g):
-  """Exact reverse recurrence with one VJP per step (O(T) depth)."""
+def sequential_adjoint(fz, params, zprev, xs, g, axis=None):
+  """Exact reverse recurrence with one VJP per step (O(T) depth; with ``axis``
+  the carry goes from device to device, sharded.chain)."""
   def body(w, inp):
     g_t, zp_t, x_t = inp
     mu = g_t + w
     _, vjp = jax.vjp(lambda z: fz(params, z, x_t), zp_t)
     return vjp(mu)[0], mu
 
-  _, mu = lax.scan(body, jnp.zeros_like(g[0]), (g, zprev, xs), reverse=True)
-  return mu
+  def run(w_end):
+    w, mu = lax.scan(body, w_end, (g, zprev, xs), reverse=True)
+    return mu, w
+
+  zero = jnp.zeros_like(g[0])
+  if axis is None:
+    return run(zero)[0]
+  return sharded.chain(run, zero, jnp.zeros_like(g), axis, reverse=True)
 
 
 def dense_adjoint(dense_lin, params, zprev, xs, g):
@@ -94,15 +104,20 @@ def approx_adjoint(diag_lin, params, zprev, xs, g):
   return linear_scan(_shift_next(diag), g, kind="diag", reverse=True)
 
 
-def input_gradients(fz: Callable, params, z0, zprev, xs, mu):
-  """Cotangents of (params, h0, xs) from the adjoint mu."""
+def input_gradients(fz: Callable, params, z0, zprev, xs, mu, axis=None):
+  """Cotangents of (params, h0, xs) from the adjoint mu.  With ``axis`` they
+  are this device's parts (the transpose of the varying cast sums them); h0
+  enters the first device's block only."""
   _, vjp = jax.vjp(lambda p, zp, x: _vmapped(fz)(p, zp, x), params, zprev, xs)
   dparams, dzprev, dxs = vjp(mu)
-  return dparams, dzprev[0], dxs
+  dz0 = dzprev[0]
+  if axis is not None:
+    dz0 = jnp.where(sharded.is_edge(axis, False), dz0, jnp.zeros_like(dz0))
+  return dparams, dz0, dxs
 
 
 def shoot_adjoint(fz, lin, params, zprev, xs, g, *, kind, atol, rtol, max_iter, chunk=None,
-                  give_up=None):
+                  give_up=None, axis=None):
   """Exact adjoint by the forward solver's own multiple-shooting Newton.
 
   With w_t = J_t^T mu_t the adjoint is the reverse-time linear recurrence
@@ -114,12 +129,14 @@ def shoot_adjoint(fz, lin, params, zprev, xs, g, *, kind, atol, rtol, max_iter, 
   VJP per position, vectorised over chunks) and corrects the chunk boundaries
   with products of ``lin``'s Jacobians (diagonal or dense, transposed).  Being
   linear, it converges like the forward solve (typically 1-3 iterations); where
-  it does not, the sequential adjoint is written in.
+  it does not, the sequential adjoint is written in.  With ``axis`` it runs
+  sequence-parallel, like the forward solve (first derivatives only: no
+  exact_jvp rule there).
 
   Returns (mu, iterations, converged).
   """
   t = g.shape[0]
-  gh, scale = normalised(g)
+  gh, scale = normalised(g, axis)
   step = adjoint_step(fz)
 
   if kind == "diag":
@@ -134,13 +151,15 @@ def shoot_adjoint(fz, lin, params, zprev, xs, g, *, kind, atol, rtol, max_iter, 
   def solve_w(p, w_end, inputs):
     return newton_solve(lin_t, p, w_end, inputs, jnp.zeros((t,) + w_end.shape, w_end.dtype),
                         length=t, kind=kind, atol=atol, rtol=rtol, max_iter=max_iter,
-                        chunk=chunk, mode="shoot", reverse=True, fallback=step, give_up=give_up)
+                        chunk=chunk, mode="shoot", reverse=True, fallback=step, give_up=give_up,
+                        axis=axis)
 
-  # Derivatives of the gradient (jax.hessian, reverse over reverse) are exact.
-  solve_w = exact_jvp(solve_w, step, lin_t, kind=kind, reverse=True, atol=atol, rtol=rtol,
-                      chunk=chunk)
+  if axis is None:
+    # Derivatives of the gradient (jax.hessian, reverse over reverse) are exact.
+    solve_w = exact_jvp(solve_w, step, lin_t, kind=kind, reverse=True, atol=atol, rtol=rtol,
+                        chunk=chunk)
   w, st = solve_w(params, jnp.zeros_like(g[0]), inputs)
-  return (gh + _shift_next(w)) * scale, st.iterations, st.converged
+  return (gh + _shift_next(w, axis)) * scale, st.iterations, st.converged
 
 
 def sequential_adjoint_fill(fz, ok, mu, params, zprev, xs, g):

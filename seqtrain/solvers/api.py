@@ -11,6 +11,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from seqtrain.solvers import adjoint as adj
+from seqtrain.solvers import sharded
 from seqtrain.solvers.elk import elk_solve
 from seqtrain.solvers.fallback import sequential_fill
 from seqtrain.solvers.implicit import exact_jvp
@@ -119,6 +120,21 @@ def _raise_on_failure(converged, residual, iterations, method):
         f"{int(np.max(iterations))} iterations (on_failure='raise')")
 
 
+def _check_sequence_parallel(method, mode, adjoint, axis):
+  if method in ("elk", "quasi_elk"):
+    other = "quasi_deer" if method == "quasi_elk" else "deer"
+    raise ValueError(
+        f"method {method!r} is not sequence-parallel (seq_axis={axis!r}): its Kalman smoother "
+        f"runs over the whole sequence on one device; use {other!r} (undamped Newton, "
+        f"the same fixed point) or 'sequential'")
+  if mode not in (None, "shoot"):
+    raise ValueError(f"mode={mode!r} is not sequence-parallel (seq_axis={axis!r}); use "
+                     f"mode='shoot' (the default)")
+  if adjoint not in (None, "shoot", "sequential"):
+    raise ValueError(f"adjoint={adjoint!r} is not sequence-parallel (seq_axis={axis!r}); use "
+                     f"'shoot' (the default) or 'sequential'")
+
+
 def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *,
           length: int | None = None,
           atol: float | None = None, rtol: float | None = None, max_iter: int | None = None,
@@ -127,7 +143,7 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
           diag_jacobian: Callable | None = None, jvp_batch: int | None = None,
           chunk: int | None = None, mode: str | None = None, adjoint: str | None = None,
           lam_init: float = 1e-3, adaptive_lambda: bool = True, elk_step: str = "smoother",
-          clip: float = 1e8, unroll: int | bool = 1):
+          clip: float = 1e8, unroll: int | bool = 1, seq_axis: str | None = None):
   """Evaluates h_t = step(params, h_{t-1}, x_t), t = 1..T, in parallel over T.
 
   Args:
@@ -175,6 +191,16 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
     clip: magnitude at which iterates are clipped (non-finite ones are reset).
     unroll: lax.scan's ``unroll`` for the sequential method (and its fallback
       is unchanged); the parallel methods ignore it.
+    seq_axis: sequence parallelism.  Call ``solve`` inside ``jax.shard_map``
+      with xs sharded along time over this mesh axis (P devices, device p
+      holding steps [p T/P, (p+1) T/P)); xs / init / the result are this
+      device's block, h0 the state before the whole sequence.  Methods
+      "sequential" (the carry passed device to device), "deer" and
+      "quasi_deer" (mode "shoot": local chunks, the chunk-start scan and the
+      stopping test across devices; docs/method.md); adjoints "shoot" and
+      "sequential".  ``info`` is identical on every device.  Replicated
+      params / h0 are cast to device-varying (their gradients are summed over
+      the axis).  First derivatives only (no exact rule for jax.hessian).
 
   Returns:
     (hs, info): hs has the structure of h0 with a leading axis T (states 1..T);
@@ -194,7 +220,11 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
   if give_up is not None and not 0 <= give_up:
     raise ValueError(f"give_up must be >= 0 or None, got {give_up}")
   t = _sequence_length(xs, length)
-  method = resolve_method(method, t)
+  devices = 1 if seq_axis is None else sharded.axis_size(seq_axis)
+  method = resolve_method(method, t * devices)
+  if seq_axis is not None:
+    _check_sequence_parallel(method, mode, adjoint, seq_axis)
+    params, h0, xs = sharded.varying((params, h0, xs), seq_axis)
   z0, unravel = ravel_pytree(h0)
   if not jnp.issubdtype(z0.dtype, jnp.inexact):
     raise TypeError(f"the state must be floating point or complex, got {z0.dtype}")
@@ -215,7 +245,16 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
       # carry stays float32 under float64 inputs or parameters.
       h = jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), step(params, h, x), h)
       return h, h
-    _, hs = lax.scan(body, h0, xs, length=t, unroll=unroll)
+
+    def run_block(start):
+      end, hs = lax.scan(body, start, xs, length=t, unroll=unroll)
+      return hs, end
+
+    if seq_axis is None:
+      hs = run_block(h0)[0]
+    else:
+      zeros = jax.tree_util.tree_map(lambda h: jnp.zeros((t,) + jnp.shape(h), h.dtype), h0)
+      hs = sharded.chain(run_block, h0, zeros, seq_axis, reverse=False)
     zero = jnp.zeros((), real_dtype(z0.dtype))
     info = SolveInfo(jnp.int32(0), zero, jnp.bool_(True), jnp.bool_(False), zero, jnp.int32(0),
                      jnp.int32(0))
@@ -257,7 +296,7 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
     seq = fz if on_failure == "sequential" else None
     if method in ("deer", "quasi_deer"):
       z, st = newton_solve(lin, p, z0_, xs_, zinit, length=t, chunk=chunk, mode=mode,
-                           clip=clip, fallback=seq, **common)
+                           clip=clip, fallback=seq, axis=seq_axis, **common)
       lam = jnp.zeros((), real_dtype(z0_.dtype))
     else:
       z, st = elk_solve(lin, p, z0_, xs_, zinit, lam_init=lam_init,
@@ -270,7 +309,8 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
 
   # Forward-mode derivatives (jax.jvp, jax.hessian) are those of the exact
   # solution, solved as a linear recurrence (implicit.py).
-  core = exact_jvp(core, fz, lin, kind=kind, reverse=False, atol=atol, rtol=rtol, chunk=chunk)
+  if seq_axis is None:
+    core = exact_jvp(core, fz, lin, kind=kind, reverse=False, atol=atol, rtol=rtol, chunk=chunk)
 
   def forward(p, z0_, xs_):
     seq = on_failure == "sequential"
@@ -280,6 +320,8 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
       jax.debug.callback(functools.partial(_raise_on_failure, method=method),
                          st.converged, st.residual, st.iterations)
     info = SolveInfo(st.iterations, st.residual, st.converged, fallback, lam, st.resets, st.status)
+    if seq_axis is not None:   # equal on every device; typed so (out_specs P())
+      info = jax.tree_util.tree_map(lambda v: sharded.all_max(v, seq_axis), info)
     return z, info
 
   @jax.custom_vjp
@@ -293,22 +335,23 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
   def run_bwd(res, cts):
     p, z0_, xs_, z = res
     g = cts[0]
-    zprev = jnp.concatenate([z0_[None], z[:-1]])
+    first = z0_ if seq_axis is None else sharded.boundary(z0_, z[-1], seq_axis, reverse=False)
+    zprev = jnp.concatenate([first[None], z[:-1]])
     if adjoint == "shoot":
       mu = adj.shoot_adjoint(fz, lin, p, zprev, xs_, g, kind=kind, atol=atol, rtol=rtol,
                              max_iter=max_iter and max(max_iter, 1), chunk=chunk,
-                             give_up=give_up)[0]
+                             give_up=give_up, axis=seq_axis)[0]
     elif adjoint == "dense":
       mu = adj.dense_adjoint(dense_lin, p, zprev, xs_, g)
     elif adjoint == "sequential":
-      mu = adj.sequential_adjoint(fz, p, zprev, xs_, g)
+      mu = adj.sequential_adjoint(fz, p, zprev, xs_, g, axis=seq_axis)
     elif adjoint == "approx":
       mu = adj.approx_adjoint(diag_lin, p, zprev, xs_, g)
     else:
       mu, _, ok = adj.quasi_adjoint(fz, diag_lin, p, zprev, xs_, g, atol=atol, rtol=rtol,
                                     max_iter=max(max_iter or t, 1))
       mu = adj.sequential_adjoint_fill(fz, ok, mu, p, zprev, xs_, g)
-    return adj.input_gradients(fz, p, z0_, zprev, xs_, mu)
+    return adj.input_gradients(fz, p, z0_, zprev, xs_, mu, axis=seq_axis)
 
   run.defvjp(run_fwd, run_bwd)
   z, info = run(all_params, z0, xs)

@@ -41,10 +41,13 @@ def adjoint_step(fz: Callable):
   return step
 
 
-def normalised(x):
-  """(x / s, s) with s = max |x| (1 where x is zero): the iterative linear solves
-  measure their tolerances on O(1) right-hand sides."""
+def normalised(x, axis=None):
+  """(x / s, s) with s = max |x| (1 where x is zero; with ``axis``, over the
+  whole sharded sequence): the iterative linear solves measure their
+  tolerances on O(1) right-hand sides."""
   scale = jnp.max(jnp.abs(x))
+  if axis is not None:
+    scale = jax.lax.pmax(scale, axis)
   scale = jnp.where(scale > 0, scale, jnp.ones_like(scale))
   return x / scale, scale
 

@@ -14,12 +14,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from seqtrain.solvers.sharded import like
+
 
 def dense_linearization(fz: Callable):
   """(params, z, x) -> (f, J) with J = df/dz dense, from D JVPs."""
   def lin(params, z, x):
     fx, jvp = jax.linearize(lambda zz: fz(params, zz, x), z)
-    eye = jnp.eye(z.shape[-1], dtype=z.dtype)
+    eye = like(jnp.eye(z.shape[-1], dtype=z.dtype), z)
     return fx, jax.vmap(jvp, out_axes=1)(eye)
   return lin
 
@@ -36,7 +38,7 @@ def jvp_diag_linearization(fz: Callable, jvp_batch: int | None = None):
     idx = jnp.arange(d)
 
     def one(i):
-      e = (idx == i).astype(z.dtype)
+      e = like((idx == i).astype(z.dtype), z)
       return jvp(e)[i]
 
     if jvp_batch is None or jvp_batch >= d:

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from seqtrain.solvers import sharded
 from seqtrain.solvers.fallback import broadcast_unbatched, sequential_fill, vmap_axes
 from seqtrain.solvers.scan import linear_scan, ops_for
 from seqtrain.solvers.stopping import (CONVERGED, DEFAULT_GIVE_UP, clip_magnitude, exact_prefix,
@@ -108,7 +109,8 @@ def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str
                  atol: float, rtol: float, max_iter: int | None = None,
                  chunk: int | None = None, mode: str = "shoot", clip: float = 1e8,
                  fallback: Callable | None = None, reverse: bool = False,
-                 give_up: float | None = DEFAULT_GIVE_UP, custom_batching: bool = True):
+                 give_up: float | None = DEFAULT_GIVE_UP, custom_batching: bool = True,
+                 axis: str | None = None):
   """Runs (quasi-)Newton on the residual h_t - f(h_{t-1}, x_t).
 
   Args:
@@ -126,6 +128,10 @@ def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str
       the causal bound (None or 0: never); see stopping.py.
     custom_batching: the batch-level loops of the shoot form and the fallback
       (custom_vmap rules); False inside other custom rules (implicit.py).
+    axis: sequence parallelism ("shoot" only): called inside shard_map with the
+      time axis sharded over this mesh axis; xs, zinit and the result are this
+      device's block of ``length`` steps, z0 the state before the whole
+      sequence (sharded.py).  Stats are identical on every device.
 
   Returns:
     (Z (T, D), NewtonStats).
@@ -134,15 +140,22 @@ def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
   if reverse and mode != "shoot":
     raise ValueError("reverse=True needs mode='shoot'")
+  if axis is not None and mode != "shoot":
+    raise ValueError(f"mode={mode!r} is not sequence-parallel: use mode='shoot' with seq_axis")
   ops = ops_for(kind)
   t = length
   k = chunk or default_chunk(t, kind, mode)
   if k < 1:
     raise ValueError(f"chunk must be >= 1, got {k}")
   k = min(k, t)
+  if axis is not None:
+    # A block's last chunk end is the next device's start: no padding, so the
+    # chunk length divides the block (the largest divisor not above k).
+    k = max(d for d in range(1, k + 1) if t % d == 0)
   c = -(-t // k)
+  devices = 1 if axis is None else sharded.axis_size(axis)
   if max_iter is None:
-    max_iter = causal_bound(t, k, mode)
+    max_iter = causal_bound(t, k, mode) * devices
   dtype = z0.dtype
   rdtype = real_dtype(dtype)
   lin_c = jax.vmap(lin, in_axes=(None, 0, 0))
@@ -231,7 +244,8 @@ def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str
   if mode == "shoot":
     return _shoot(lin, params, z0, xs, zinit, t=t, k=k, c=c, ops=ops, kind=kind, atol=atol,
                   rtol=rtol, max_iter=max_iter, clip=clip, fallback=fallback, reverse=reverse,
-                  give_up=give_up, custom_batching=custom_batching)
+                  give_up=give_up, custom_batching=custom_batching, axis=axis,
+                  devices=devices)
 
   def cond(state):
     return ~state[-1]
@@ -263,7 +277,7 @@ def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str
 
 
 def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_iter, clip,
-           fallback, reverse, give_up, custom_batching):
+           fallback, reverse, give_up, custom_batching, axis=None, devices=1):
   """Newton on the chunk starts (multiple shooting), exact steps inside chunks.
 
   The unknowns are the C chunk starts H_c (H_0 = z0).  One iteration is one pass
@@ -277,6 +291,10 @@ def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_it
 
   With ``reverse`` everything runs right to left (chunks, positions, the scan);
   the tail padding then goes in front, where it is visited last.
+
+  With ``axis`` the C chunks are this device's; the scan over chunk maps, the
+  residual at the block's first start, the stopping decision and the fallback
+  span the devices (sharded.py).
   """
   dtype = z0.dtype
   rdtype = real_dtype(dtype)
@@ -289,14 +307,25 @@ def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_it
   # 206 against 190 ms at D=64.
   rows = lambda a: _rows(a, k, c, front=reverse)
   xc = jax.tree_util.tree_map(rows, xs)
+  # Loop carries start device-varying when the values they take are.
+  vary = (lambda tree: tree) if axis is None else (lambda tree: sharded.varying(tree, axis))
   last = 0 if reverse else k - 1   # the position a pass visits last
-  linked = np.arange(c) != (c - 1 if reverse else 0)   # chunks whose start is unknown (static)
+  # Chunks whose start is unknown: static on one device (implicit.py needs
+  # that); with ``axis`` only the edge device's causally first chunk is known.
+  static_linked = np.arange(c) != (c - 1 if reverse else 0)
+
+  def linked_mask():
+    if axis is None:
+      return static_linked
+    return jnp.asarray(static_linked) | ~sharded.is_edge(axis, reverse)
 
   def incoming(ends, z0):
     """The start each chunk should have, given every chunk's end."""
     if reverse:
-      return jnp.concatenate([ends[1:], z0[None]])
-    return jnp.concatenate([z0[None], ends[:-1]])
+      first = z0 if axis is None else sharded.boundary(z0, ends[0], axis, reverse)
+      return jnp.concatenate([ends[1:], first[None]])
+    first = z0 if axis is None else sharded.boundary(z0, ends[-1], axis, reverse)
+    return jnp.concatenate([first[None], ends[:-1]])
 
   def clean(znew, zold):
     bad = ~jnp.isfinite(znew)
@@ -317,11 +346,16 @@ def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_it
       a = jnp.where((ok[..., None] if a.ndim > ok.ndim else ok) & jnp.isfinite(a), a, 0)
       return fx, ops.mm(a, p), z.at[:, kk].set(fx), bad | ~ok
 
-    zprev, p, z, bad = lax.fori_loop(0, k, body, (h, ops.eye(h), z, jnp.zeros(h.shape, bool)))
+    zprev, p, z, bad = lax.fori_loop(0, k, body,
+                                     vary((h, ops.eye(h), z, jnp.zeros(h.shape, bool))))
     return p, z, jnp.any(bad, axis=-1)
 
   def update(h, ends, p, z0):
     """Newton step of the starts: H'_c = E_prev + P_prev (H'_prev - H_prev)."""
+    if axis is not None:
+      hnew = sharded.chunk_starts(p, ends - ops.mv(p, h), z0, kind=kind, axis=axis,
+                                  reverse=reverse)
+      return jnp.where(linked_mask()[:, None], clean(hnew, h)[0], z0)
     if c == 1:
       return h
     b = ends - ops.mv(p, h)
@@ -333,30 +367,38 @@ def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_it
     hnew, _ = clean(hnew, h[1:])
     return jnp.concatenate([z0[None], hnew])
 
-  causal = (lambda a: a[::-1]) if reverse else (lambda a: a)
+  if axis is None:
+    causal = (lambda a: a[::-1]) if reverse else (lambda a: a)
+    total = lambda a: a
+  else:
+    causal = lambda a: sharded.gather_causal(a, axis, reverse)
+    total = lambda a: sharded.all_max(a, axis)
 
   def body(state, params, z0, xc):
     n, h, z, _, _, resets, ratio1, _, done = state
     p, z, bad = run_chunks(h, z, params, xc)
     ends = z[:, last]
+    linked = linked_mask()
     r = jnp.where(linked[:, None], jnp.abs(h - incoming(ends, z0)), 0)
     ratio_c = jnp.max(jnp.where(linked[:, None], r / (atol + rtol * jnp.abs(h)), 0), axis=-1)
-    ratio = jnp.max(ratio_c)
-    absr = jnp.max(r)
+    ratio = total(jnp.max(ratio_c))
+    absr = total(jnp.max(r))
     # A trajectory with a reset anywhere is not the true recurrence's: never
     # converged.  A chunk with an exact start that meets a non-finite value
     # holds the true (non-finite) values: stop, the sequential path gives them.
     prefix, nonfinite = exact_prefix(causal(ratio_c <= 1.0), causal(bad))
-    converged = (ratio <= 1.0) & ~jnp.any(bad)
+    any_bad = total(jnp.any(bad))
+    converged = (ratio <= 1.0) & ~any_bad
     ratio1 = jnp.where(n == 1, ratio, ratio1)
-    gave_up = projected_too_long(n, ratio, ratio1, prefix, c, give_up) & ~converged & ~nonfinite
+    gave_up = (projected_too_long(n, ratio, ratio1, prefix, c * devices, give_up) & ~converged
+               & ~nonfinite)
     stop = converged | nonfinite | gave_up | (n >= max_iter)
     h = jnp.where(stop, h, update(h, ends, p, z0))
     # `done` sequences (only under vmap, see below) repeat their last pass with
     # the same starts, so everything but the reset count comes out unchanged.
-    return (n + (~stop).astype(jnp.int32), h, z, ratio, absr,
-            resets + (jnp.any(bad) & ~done).astype(jnp.int32), ratio1,
-            status_code(converged, nonfinite, gave_up), stop)
+    return vary((n + (~stop).astype(jnp.int32), h, z, ratio, absr,
+                 resets + (any_bad & ~done).astype(jnp.int32), ratio1,
+                 status_code(converged, nonfinite, gave_up), stop))
 
   # Under vmap a while_loop runs until every sequence stops and selects between
   # old and new carries for all of them: a copy of the whole trajectory per
@@ -376,24 +418,34 @@ def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_it
     return out, jax.tree_util.tree_map(lambda _: True, out)
 
   zc = rows(zinit.astype(dtype))
-  h = jnp.where(linked[:, None], incoming(zc[:, last], z0), z0)
+  h = jnp.where(linked_mask()[:, None], incoming(zc[:, last], z0), z0)
   zero = jnp.zeros((), rdtype)
-  state = (jnp.int32(0), h, zc, zero, zero, jnp.int32(0), zero, jnp.int32(0), jnp.bool_(False))
+  state = vary((jnp.int32(0), h, zc, zero, zero, jnp.int32(0), zero, jnp.int32(0),
+                jnp.bool_(False)))
   it, h, z, ratio, absr, resets, _, status, _ = solve_loop(state, params, z0, xc)
   ok = status == CONVERGED
   offset = pad if reverse else 0
   if fallback is not None:
-    z = sequential_fill(fallback, ok, z, params, z0, xc, length=t, reverse=reverse,
-                        offset=offset, chunk_major=True, custom_batching=custom_batching)
+    def fill(start):
+      zf = sequential_fill(fallback, ok, z, params, start, xc, length=t, reverse=reverse,
+                           offset=offset, chunk_major=True, custom_batching=custom_batching)
+      return zf, zf[0, 0] if reverse else zf[c - 1, k - 1]   # no padding with axis
+    # Across devices the carry is passed block to block (sharded.chain).
+    z = fill(z0)[0] if axis is None else sharded.chain(fill, z0, z, axis, reverse)
   # A converged trajectory holds the starts at chunk boundaries, so its residual
   # is exactly the one measured (zero inside chunks).  An elementwise select
   # after the fallback (which rewrites failed sequences whole), not an update of
   # the loop's buffer: that cost a copy of the trajectory.
-  if c > 1:
+  if c > 1 or axis is not None:
     if reverse:  # chunk c's first position is where chunk c - 1 starts
       hb, take = jnp.concatenate([h[:1], h[:-1]]), jnp.arange(c) > 0
     else:  # chunk c's last position is where chunk c + 1 starts
       hb, take = jnp.concatenate([h[1:], h[-1:]]), jnp.arange(c) < c - 1
+    if axis is not None:  # the causally last chunk: the next device's first start
+      edge_chunk = 0 if reverse else c - 1
+      nxt = sharded.from_next(h[c - 1 if reverse else 0], axis, reverse)
+      hb = hb.at[edge_chunk].set(nxt)
+      take = take.at[edge_chunk].set(~sharded.is_last(axis, reverse))
     at = take[:, None] & (jnp.arange(k) == last)[None, :]
     if fallback is not None:
       at = at & ok
