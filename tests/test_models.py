@@ -121,3 +121,16 @@ def test_classifier_trains_on_synthetic_task():
   acc = float(jnp.mean(jnp.argmax(model.apply(params, xt), -1) == yt))
   print(f"\nheld-out accuracy {acc:.3f} (final train loss {float(l):.3f})")
   assert acc > 0.9
+
+
+def test_ensemble_members_apply_dropout_in_training():
+  """nn.vmap drops keyword arguments; ``train`` must still reach the members."""
+  model = SequenceClassifier(num_classes=3, width=8, depth=1, members=2, dropout=0.5,
+                             method="sequential")
+  x = jax.random.normal(jax.random.key(0), (2, 16, 2))
+  params = model.init(jax.random.key(1), x)["params"]
+  run = lambda train, key: model.apply({"params": params}, x, train=train,
+                                       rngs={"dropout": jax.random.key(key)},
+                                       mutable=["solver_stats"])[0]
+  assert float(jnp.max(jnp.abs(run(True, 2) - run(True, 3)))) > 1e-3
+  np.testing.assert_array_equal(run(False, 2), run(False, 3))

@@ -213,10 +213,19 @@ class SequenceClassifier(_SolverOptionsFrozen, nn.Module):
                                             "solver_options", "pooling", "mlp_ratio",
                                             "dropout", "stem_kernel", "series_norm",
                                             "seq_axis")}
-    members = nn.vmap(SequenceClassifier, variable_axes={"params": 0, "solver_stats": 0},
+    # nn.vmap drops keyword arguments: ``train`` travels as a field of the member
+    members = nn.vmap(_Member, variable_axes={"params": 0, "solver_stats": 0},
                       split_rngs={"params": True, "dropout": True}, in_axes=(None, None),
                       axis_size=self.members, metadata_params={nn.PARTITION_NAME: None})
-    logits = members(**fields, name="members")(x, lengths, train=train)
+    logits = members(**fields, training=train, name="members")(x, lengths)
     if train:
       return logits
     return jax.nn.logsumexp(jax.nn.log_softmax(logits), axis=0) - jnp.log(self.members)
+
+
+class _Member(SequenceClassifier):
+  """One member of an ensemble: ``train`` as a field (nn.vmap passes no keywords)."""
+  training: bool = False
+
+  def __call__(self, x, lengths=None):
+    return super().__call__(x, lengths, train=self.training)

@@ -206,6 +206,7 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
     (hs, info): hs has the structure of h0 with a leading axis T (states 1..T);
     info is a ``SolveInfo``.
   """
+  requested = method
   method = canonical_method(method)
   if on_failure not in ON_FAILURE:
     raise ValueError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}")
@@ -222,9 +223,14 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
   t = _sequence_length(xs, length)
   devices = 1 if seq_axis is None else sharded.axis_size(seq_axis)
   method = resolve_method(method, t * devices)
+  if seq_axis is not None and devices > 1 and canonical_method(requested) == AUTO:
+    method = PARALLEL_DEFAULT   # a sequential chain would leave all devices but one idle
   if seq_axis is not None:
     _check_sequence_parallel(method, mode, adjoint, seq_axis)
-    params, h0, xs = sharded.varying((params, h0, xs), seq_axis)
+    # one varying type for all inputs (e.g. a batch shard's: data and seq), so that
+    # loop carries started from h0 type-check against the values they take
+    params, h0, xs = sharded.varying(
+        (params, h0, xs), sharded.tree_varying_axes((params, h0, xs)) | {seq_axis})
   z0, unravel = ravel_pytree(h0)
   if not jnp.issubdtype(z0.dtype, jnp.inexact):
     raise TypeError(f"the state must be floating point or complex, got {z0.dtype}")

@@ -308,7 +308,9 @@ def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_it
   rows = lambda a: _rows(a, k, c, front=reverse)
   xc = jax.tree_util.tree_map(rows, xs)
   # Loop carries start device-varying when the values they take are.
-  vary = (lambda tree: tree) if axis is None else (lambda tree: sharded.varying(tree, axis))
+  # (over every axis the initial state varies over: solve() casts the inputs alike).
+  vary_axes = sharded.varying_axes(z0) | ({axis} if axis else set())
+  vary = lambda tree: sharded.varying(tree, vary_axes)
   last = 0 if reverse else k - 1   # the position a pass visits last
   # Chunks whose start is unknown: static on one device (implicit.py needs
   # that); with ``axis`` only the edge device's causally first chunk is known.
@@ -394,6 +396,12 @@ def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_it
                & ~nonfinite)
     stop = converged | nonfinite | gave_up | (n >= max_iter)
     h = jnp.where(stop, h, update(h, ends, p, z0))
+    if axis is not None and len(vary_axes) > 1:
+      # On a mesh with more axes (a batch shard per ``data`` row) every device runs
+      # the same number of passes, so that all execute the same collectives (the
+      # CPU runtime's permutes meet all devices of the program); a stopped row
+      # repeats its pass with the same starts, as a stopped sequence under vmap.
+      stop = ~sharded.all_max(~stop, vary_axes)
     # `done` sequences (only under vmap, see below) repeat their last pass with
     # the same starts, so everything but the reset count comes out unchanged.
     return vary((n + (~stop).astype(jnp.int32), h, z, ratio, absr,

@@ -111,15 +111,28 @@ def like(t, ref):
   return lax.pcast(t, missing, to="varying") if missing else t
 
 
-def varying(tree, axis: str):
-  """Every leaf made device-varying over ``axis`` (replicated leaves are
-  ``pcast``; their cotangents are then summed over the axis by the transpose)."""
-  return jax.tree_util.tree_map(
-      lambda v: v if is_varying(v, axis) else lax.pcast(v, axis, to="varying"), tree)
+def varying(tree, axes):
+  """Every leaf made device-varying over ``axes`` (a name or several; replicated
+  leaves are ``pcast``, and their cotangents are then summed over the axes by
+  the transpose)."""
+  axes = frozenset((axes,) if isinstance(axes, str) else axes)
+
+  def cast(v):
+    missing = tuple(sorted(axes - varying_axes(v)))
+    return lax.pcast(v, missing, to="varying") if missing else v
+
+  return jax.tree_util.tree_map(cast, tree)
 
 
-def all_max(x, axis: str):
-  """The maximum over the axis (identical, and typed invariant, on every device)."""
+def tree_varying_axes(tree) -> frozenset:
+  """The union of the leaves' varying axes (e.g. ``data`` for a batch shard)."""
+  return frozenset().union(*(varying_axes(v) for v in jax.tree_util.tree_leaves(tree)))
+
+
+def all_max(x, axis):
+  """The maximum over the axis or axes (identical, and typed invariant, on every
+  device)."""
+  axis = axis if isinstance(axis, str) else tuple(sorted(axis))
   if x.dtype == jnp.bool_:
     return lax.pmax(x.astype(jnp.int32), axis).astype(bool)
   return lax.pmax(x, axis)
@@ -168,5 +181,5 @@ def chain(run_block: Callable, edge_start, init_out, axis: str, reverse: bool):
     out, end = run_block(start)
     return boundary(edge_start, end, axis, reverse), out
 
-  start, init_out = varying((edge_start, init_out), axis)
+  start, init_out = varying((edge_start, init_out), varying_axes(edge_start) | {axis})
   return lax.fori_loop(0, n, body, (start, init_out))[1]

@@ -298,6 +298,17 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check(len(c.mesh.axes) == len(c.mesh.shape) and len(c.mesh.axes) >= 1, "mesh.shape",
          c.mesh.shape, f"needs one size per axis of mesh.axes={tuple(c.mesh.axes)}")
   _check("data" in c.mesh.axes, "mesh.axes", c.mesh.axes, "needs a 'data' axis")
+  _check(set(c.mesh.axes) <= {"data", "seq"} and len(set(c.mesh.axes)) == len(c.mesh.axes),
+         "mesh.axes", tuple(c.mesh.axes), "expected ('data',) or ('data', 'seq')")
+  if "seq" in c.mesh.axes:
+    method = ALIASES.get(c.model.solver.method, c.model.solver.method)
+    _check(method not in ("elk", "quasi_elk"), "model.solver.method", c.model.solver.method,
+           "is not sequence-parallel (mesh.axes has 'seq'); use deer or quasi_deer")
+    _check(c.model.solver.mode in ("", "shoot"), "model.solver.mode", c.model.solver.mode,
+           "is not sequence-parallel (mesh.axes has 'seq'); use shoot (the default)")
+    _check(c.model.solver.adjoint in ("", "shoot", "sequential"), "model.solver.adjoint",
+           c.model.solver.adjoint, "is not sequence-parallel (mesh.axes has 'seq'); use shoot "
+           "(the default) or sequential")
   _check(sum(1 for s in c.mesh.shape if s == -1) <= 1 and all(
       isinstance(s, int) and (s == -1 or s >= 1) for s in c.mesh.shape), "mesh.shape",
          c.mesh.shape, "sizes are positive integers, at most one -1")

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from seqtrain.data import sources
-from seqtrain.data.pipeline import Normalizer, ShardInfo
+from seqtrain.data.pipeline import Normalizer
 from seqtrain.data.ts import DataFormatError, SeriesDataset, read_series_file
 from seqtrain.parallel import mesh as mesh_lib
 from seqtrain.train import config as config_lib
@@ -175,7 +175,7 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str |
     raise EvalError(f"{config_path}: {e}") from None
   info = _load_json(workdir / "data.json", "data.json")
   mesh = mesh_lib.make_mesh(config.mesh.axes, config.mesh.shape)
-  shard = ShardInfo(jax.process_index(), jax.process_count())
+  shard = mesh_lib.data_shard(mesh)
 
   run_data = None   # the run's own splits, for the 1-NN baselines
   if data:

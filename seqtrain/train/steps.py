@@ -1,10 +1,15 @@
 """Model, optimizer, train state and the jitted train / eval steps.
 
-The per-example work (the parallel-in-time recurrences) runs inside
-``jax.shard_map`` over the mesh's ``data`` axis: each device solves its own rows
-and the only collectives are one ``psum`` of gradients and metrics per step, never
+The per-example work (the parallel-in-time recurrences) runs inside one
+``jax.shard_map`` over the mesh: each device solves its own rows and the only
+collectives over ``data`` are one ``psum`` of gradients and metrics per step, never
 one per time step (plain auto-sharding of a scanned recurrence puts collectives
-inside the time loop). Parameters and optimizer state are replicated.
+inside the time loop). On a mesh with a ``seq`` axis each device also holds one
+block of the time axis: the solvers combine the blocks with their own
+collectives (seqtrain.solvers.solve(seq_axis=...)), pooling sums over the axis,
+and shard_map's varying-axes checks stay on, so the gradient of the
+seq-replicated loss comes back summed over the blocks by the transposes
+themselves. Parameters and optimizer state are replicated.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import PartitionSpec as P
 
 from seqtrain.models import SequenceClassifier
+from seqtrain.parallel import mesh as mesh_lib
 
 __all__ = ["TrainState", "build_model", "build_optimizer", "init_state", "make_train_step",
            "make_eval_step", "solver_options", "confusion_metrics"]
@@ -47,12 +53,15 @@ def solver_options(config) -> dict:
 
 
 def build_model(config, num_classes: int) -> SequenceClassifier:
+  """The classifier of ``config``; sequence-parallel (seq_axis="seq") when the
+  config's mesh has a ``seq`` axis. The parameter tree is the same either way."""
   m = config.model
+  seq_axis = mesh_lib.SEQ if mesh_lib.SEQ in tuple(config.mesh.axes) else None
   return SequenceClassifier(num_classes=num_classes, width=m.width, depth=m.depth, cell=m.cell,
                             method=m.solver.method, solver_options=solver_options(config),
                             pooling=m.pooling, mlp_ratio=m.mlp_ratio, dropout=m.dropout,
                             stem_kernel=m.stem_kernel, series_norm=m.series_norm,
-                            members=m.members)
+                            members=m.members, seq_axis=seq_axis)
 
 
 def build_optimizer(config) -> optax.GradientTransformation:
@@ -133,13 +142,17 @@ def _fix_converged(metrics: dict) -> dict:
   return {k: (1.0 - v if k.endswith("converged") else v) for k, v in metrics.items()}
 
 
-def augment(inputs, rng, scale: float, jitter: float):
+def augment(inputs, rng, scale: float, jitter: float, block: Any = None):
   """Training-time augmentation: each series times (1 + scale * N(0, 1)) per channel,
   plus jitter * N(0, 1) i.i.d. noise per step (after normalisation, so in units of the
-  training data's standard deviation). Padded steps change too; the model masks them."""
+  training data's standard deviation). Padded steps change too; the model masks them.
+  ``block``: this device's index along the time axis (its own step noise, the
+  series' scale shared)."""
   if not scale and not jitter:
     return inputs
   k_scale, k_jitter = jax.random.split(rng)
+  if block is not None:
+    k_jitter = jax.random.fold_in(k_jitter, block)
   b, _, c = inputs.shape
   out = inputs
   if scale:
@@ -154,11 +167,21 @@ def make_train_step(model, tx, mesh, lr_schedule: Callable, *, augment_scale: fl
   """(state, batch) -> (state, metrics); batch arrays sharded over ``data``.
   ``augment_scale`` / ``augment_jitter``: see :func:`augment`."""
 
+  seq = mesh_lib.seq_axis(mesh)
+
   def per_shard(params, batch, rng):
     rng, aug_rng = jax.random.split(rng)
     # each data shard draws its own augmentation noise
     aug_rng = jax.random.fold_in(aug_rng, jax.lax.axis_index("data"))
-    inputs = augment(batch["inputs"], aug_rng, augment_scale, augment_jitter)
+    block = None
+    if seq:
+      # gradients of the loss (replicated over seq) w.r.t. data-varying parameters:
+      # this device's rows, summed over the time blocks by the transposes; dropout
+      # masks differ between blocks
+      params = jax.lax.pcast(params, "data", to="varying")
+      block = jax.lax.axis_index(seq)
+      rng = jax.random.fold_in(rng, block)
+    inputs = augment(batch["inputs"], aug_rng, augment_scale, augment_jitter, block)
 
     def loss_fn(p):
       logits, mutable = model.apply({"params": p}, inputs, batch["lengths"], train=True,
@@ -184,8 +207,10 @@ def make_train_step(model, tx, mesh, lr_schedule: Callable, *, augment_scale: fl
                                    **{k: totals[k] for k in stat_maxes}}))
     return grads, metrics
 
-  grads_fn = jax.shard_map(per_shard, mesh=mesh, in_specs=(P(), P("data"), P()),
-                           out_specs=(P(), P()), check_vma=False)
+  def grads_fn(params, batch, rng):
+    return jax.shard_map(per_shard, mesh=mesh,
+                         in_specs=(P(), mesh_lib.batch_specs(mesh, tuple(batch)), P()),
+                         out_specs=(P(), P()), check_vma=seq is not None)(params, batch, rng)
 
   def step(state: TrainState, batch: dict):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -208,7 +233,11 @@ def make_train_step(model, tx, mesh, lr_schedule: Callable, *, augment_scale: fl
 def make_eval_step(model, mesh, num_classes: int) -> Callable:
   """(params, batch) -> {loss_sum, count, confusion (K, K) [true, predicted], solver stats}."""
 
+  seq = mesh_lib.seq_axis(mesh)
+
   def per_shard(params, batch):
+    if seq:
+      params = jax.lax.pcast(params, "data", to="varying")
     logits, mutable = model.apply({"params": params}, batch["inputs"], batch["lengths"],
                                   train=False, mutable=["solver_stats"])
     ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
@@ -224,8 +253,12 @@ def make_eval_step(model, mesh, num_classes: int) -> Callable:
     out.update(_fix_converged({**totals["stats"], **{k: totals[k] for k in stat_maxes}}))
     return out
 
-  return jax.shard_map(per_shard, mesh=mesh, in_specs=(P(), P("data")), out_specs=P(),
-                       check_vma=False)
+  def eval_step(params, batch):
+    return jax.shard_map(per_shard, mesh=mesh,
+                         in_specs=(P(), mesh_lib.batch_specs(mesh, tuple(batch))),
+                         out_specs=P(), check_vma=seq is not None)(params, batch)
+
+  return eval_step
 
 
 def confusion_metrics(confusion: np.ndarray, class_names) -> dict:

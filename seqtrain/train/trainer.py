@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqtrain.data.pipeline import ShardInfo
 from seqtrain.parallel import mesh as mesh_lib
 from seqtrain.train import config as config_lib
 from seqtrain.train import data as data_lib
@@ -188,7 +187,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
 
   # --- mesh ---------------------------------------------------------------------------------
   mesh = mesh_lib.make_mesh(config.mesh.axes, config.mesh.shape)
-  shard = ShardInfo(jax.process_index(), jax.process_count())
+  shard = mesh_lib.data_shard(mesh)
   n_data = mesh_lib.data_axis_size(mesh)
   for field in ("batch_size", "eval_batch_size"):
     size = config.train[field]
@@ -249,10 +248,10 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
   train_step = jax.jit(steps_lib.make_train_step(model, tx, mesh, lr_schedule,
                                                  augment_scale=config.train.augment_scale,
                                                  augment_jitter=config.train.augment_jitter),
-                       in_shardings=(state_sharding, mesh_lib.data_sharding(mesh)),
+                       in_shardings=(state_sharding, mesh_lib.batch_sharding(mesh)),
                        out_shardings=(state_sharding, replicated), donate_argnums=(0,))
   eval_fn = jax.jit(steps_lib.make_eval_step(model, mesh, len(bundle.class_names)),
-                    in_shardings=(state_sharding.params, mesh_lib.data_sharding(mesh)),
+                    in_shardings=(state_sharding.params, mesh_lib.batch_sharding(mesh)),
                     out_shardings=replicated)
   compiled: dict[Any, Any] = {}
 
