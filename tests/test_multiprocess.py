@@ -7,6 +7,8 @@ scenario, few launches:
   C  2 x 2, SIGTERM to process 1 mid-run -> both save the same step, exit 0;
      resumed by 1 x 4 to the end                      -> same parameters
   D  A's step-6 checkpoint resumed by 2 x 2            -> same parameters
+  E  2 x 2 on a (data, seq) = (1, 4) mesh: one sequence's time axis split over
+     both processes (quasi-DEER across devices)       -> A's parameters to 1e-4
 """
 import json
 import shutil
@@ -124,3 +126,17 @@ def test_one_process_checkpoint_resumes_on_two(reference, tmp_path):
   assert code == 0, log
   assert "(step 6)" in log
   _assert_same(final_params(workdir)[1], params_a)
+
+
+def test_sequence_split_over_two_processes_matches_data_parallel(reference, tmp_path):
+  root, (_, params_a), _ = reference
+  cmd = _cmd(tmp_path / "E") + ["--config.mesh.axes=data,seq", "--config.mesh.shape=1,4"]
+  code = launch_local(cmd, 2, cpu_devices=2, log_dir=tmp_path / "logs", timeout=TIMEOUT,
+                      env=clean_env())
+  log = read_log(tmp_path / "logs" / "process_0.log")
+  assert code == 0, log + read_log(tmp_path / "logs" / "process_1.log")
+  assert "mesh {'data': 1, 'seq': 4}" in log and "auto -> quasi_deer" in log
+  params = final_params(tmp_path / "E")[1]
+  for a, b in zip(params, params_a):
+    # A ran lax.scan, E quasi-DEER to float32 tolerances: equal up to those
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(b))))

@@ -147,7 +147,8 @@ class ParallelRNN(nn.Module):
             f"ParallelRNN(seq_axis={axis!r}) takes whole sequences in time order: "
             f"seq_lengths and reverse are not supported across devices")
       options["seq_axis"] = axis
-    method = resolve_method(method, t * (1 if axis is None else sharded.axis_size(axis)))
+    devices = 1 if axis is None else sharded.axis_size(axis)
+    method = resolve_method(method, t * devices, devices=devices)
     unroll = 1 if self.unroll is False else self.unroll
 
     if initial_carry is None:

@@ -80,14 +80,19 @@ def canonical_method(method: str) -> str:
   return name
 
 
-def resolve_method(method: str, length: int, backend: str | None = None) -> str:
+def resolve_method(method: str, length: int, backend: str | None = None,
+                   devices: int = 1) -> str:
   """The method that runs: ``method`` itself, or for "auto" the fastest exact
   method for the platform and sequence length (``CROSSOVER``): lax.scan where
-  the parallel solver cannot pay (CPU; short sequences), quasi-DEER otherwise.
+  the parallel solver cannot pay (CPU; short sequences), quasi-DEER otherwise,
+  and always quasi-DEER for a sequence split over ``devices`` > 1 (a sequential
+  chain would leave all devices but one idle).  ``length``: the whole sequence's.
   Static: decided at trace time from the backend and the shapes."""
   name = canonical_method(method)
   if name != AUTO:
     return name
+  if devices > 1:
+    return PARALLEL_DEFAULT
   platform = (backend or jax.default_backend()).lower()
   crossover = CROSSOVER.get(platform, CROSSOVER["gpu"])
   return PARALLEL_DEFAULT if crossover is not None and length >= crossover else "sequential"
@@ -206,7 +211,6 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
     (hs, info): hs has the structure of h0 with a leading axis T (states 1..T);
     info is a ``SolveInfo``.
   """
-  requested = method
   method = canonical_method(method)
   if on_failure not in ON_FAILURE:
     raise ValueError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}")
@@ -222,9 +226,7 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
     raise ValueError(f"give_up must be >= 0 or None, got {give_up}")
   t = _sequence_length(xs, length)
   devices = 1 if seq_axis is None else sharded.axis_size(seq_axis)
-  method = resolve_method(method, t * devices)
-  if seq_axis is not None and devices > 1 and canonical_method(requested) == AUTO:
-    method = PARALLEL_DEFAULT   # a sequential chain would leave all devices but one idle
+  method = resolve_method(method, t * devices, devices=devices)
   if seq_axis is not None:
     _check_sequence_parallel(method, mode, adjoint, seq_axis)
     # one varying type for all inputs (e.g. a batch shard's: data and seq), so that

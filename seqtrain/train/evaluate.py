@@ -236,7 +236,8 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str |
 
   if length is not None:
     from seqtrain.train.trainer import solver_plan
-    say(solver_plan(config.model.solver.method, [length])[1])
+    say(solver_plan(config.model.solver.method, [length],
+                    seq_devices=mesh_lib.seq_axis_size(mesh))[1])
   eval_fn = _ReportingEval(jax.jit(steps_lib.make_eval_step(model, mesh,
                                                             len(bundle.class_names))), say)
   from seqtrain.train.trainer import evaluate_split

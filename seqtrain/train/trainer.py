@@ -135,13 +135,15 @@ def _lengths_text(lengths) -> str:
   return f"{lengths[0]}..{lengths[-1]} ({len(lengths)} lengths)"
 
 
-def solver_plan(method: str, lengths, backend: str | None = None) -> tuple[dict, str]:
+def solver_plan(method: str, lengths, backend: str | None = None,
+                seq_devices: int = 1) -> tuple[dict, str]:
   """The method that runs at each padded length, and the console line saying so, e.g.
   ``solver: auto -> sequential (cpu, T=100)`` ("auto" resolves at trace time from
-  the backend and T: ``seqtrain.solvers.resolve_method``)."""
+  the backend, T and the devices one sequence is split over:
+  ``seqtrain.solvers.resolve_method``)."""
   from seqtrain.solvers import resolve_method
   backend = (backend or jax.default_backend()).lower()
-  by_length = {int(t): resolve_method(method, int(t), backend) for t in lengths}
+  by_length = {int(t): resolve_method(method, int(t), backend, seq_devices) for t in lengths}
   groups: dict[str, list[int]] = {}
   for t, name in sorted(by_length.items()):
     groups.setdefault(name, []).append(t)
@@ -222,8 +224,10 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
   abstract = jax.eval_shape(init)
   state_sharding = jax.tree.map(lambda _: replicated, abstract)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+  seq_devices = mesh_lib.seq_axis_size(mesh)
   solver_by_length, solver_line = solver_plan(config.model.solver.method,
-                                              data_lib.train_pad_lengths(bundle, config))
+                                              data_lib.train_pad_lengths(bundle, config),
+                                              seq_devices=seq_devices)
   solver_ran = "/".join(dict.fromkeys(solver_by_length.values()))
   say(f"model: {config.model.depth} x {config.model.cell.upper()}-{config.model.width}, "
       f"{n_params:,} parameters, solver {solver_ran}")
@@ -260,7 +264,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
     if key not in compiled:
       length = int(batch["inputs"].shape[1])
       if length not in solver_by_length:  # not foreseen by train_pad_lengths: say what runs
-        extra, line = solver_plan(config.model.solver.method, [length])
+        extra, line = solver_plan(config.model.solver.method, [length], seq_devices=seq_devices)
         solver_by_length.update(extra)
         say(line)
       t0 = time.perf_counter()
