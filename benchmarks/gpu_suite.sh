@@ -19,6 +19,9 @@
 #   training/       steps/s of the 5-layer GRU-32 EigenWorms classifier, T=17,984, batch 4
 #   auto/           method="auto" vs sequential and quasi_deer over T: where the parallel
 #                   solver overtakes lax.scan (copy it into solvers.api.CROSSOVER)
+#   seq_parallel/   one sequence split over P = 1, 2, 4, 8 of the host's GPUs (those
+#                   present): per-device compiled memory at T = 2^20, iterations,
+#                   error vs lax.scan and time at T = 16384 (one GPU: the P = 1 rows)
 #   stability/      Lorenz-96 / expansive RNN (float64), if time is left
 #   summary.md      everything in one page (also printed); suite.log: the whole output
 # Per-row time limits, extrapolated skips (--max-call-s) and deadlines keep the
@@ -94,6 +97,7 @@ if [[ $SMOKE -eq 1 ]]; then
   STAB_ARGS=(--smoke --systems lorenz96 --methods deer,quasi_elk --fixed-lams 1e-3)
   STAB_UNTIL=600
   AUTO_ARGS=(--T 64,128 --D 4 --batch 2 --repeats 2)
+  SEQ_ARGS=(--P 1,2 --T 4096 --check-T 512 --batch 2 --D 4 --repeats 2)
 else
   CHECK_ARGS=(--check)
   GRID_ARGS=(--T 10000,100000,1000000 --D 8,64 --batch 16 --cells gru
@@ -109,12 +113,15 @@ else
   STAB_ARGS=(--T 1000 --trials 10 --fixed-lams 1e-3,1e-1)
   STAB_UNTIL=240   # run the stability benchmark only if the suite is this young (seconds)
   AUTO_ARGS=(--T 64,256,1024,4096,16384 --D 8,64 --batch 16 --repeats 5)
+  SEQ_ARGS=(--P 1,2,4,8 --T 1048576 --check-T 16384 --batch 4 --D 32 --repeats 5)
 fi
 
 step "correctness check" "$PY" "$REPO/benchmarks/solvers.py" "${CHECK_ARGS[@]}" --out "$OUT/check"
 step "layer grid" "$PY" "$REPO/benchmarks/solvers.py" "${GRID_ARGS[@]}" --out "$OUT/solvers"
 step "training" "$PY" "$REPO/benchmarks/training.py" "${TRAIN_ARGS[@]}" --out "$OUT/training"
 step "auto crossover" "$PY" "$REPO/benchmarks/auto_crossover.py" "${AUTO_ARGS[@]}" --out "$OUT/auto"
+step "sequence parallel" "$PY" "$REPO/benchmarks/seq_parallel.py" "${SEQ_ARGS[@]}" \
+  --out "$OUT/seq_parallel"
 for K in "${CHUNKS[@]}"; do
   step "chunk $K" "$PY" "$REPO/benchmarks/solvers.py" "${CHUNK_ARGS[@]}" --chunk "$K" \
     --out "$OUT/chunks/$K"

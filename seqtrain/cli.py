@@ -7,6 +7,7 @@
     seqtrain data  list | download NAME | prepare NAME | inspect NAME_OR_FILE
     seqtrain bench [--T 1000,10000] [--D 8,64] [--batch 16] [--methods ...] [--grad] [--out DIR]
     seqtrain bench datasets NAME_OR_TRAIN_FILE... [--config FILE] [--config.field=value ...]
+    seqtrain bench seq-parallel [--P 1,2,4,8] [--T 1048576] [--check-T 16384] [--out DIR]
     seqtrain demo  [--T 10000] [--D 32] [--batch 4] [--dtype float32]
 
 Errors a user can cause (a bad config field, a malformed data file, a workdir
@@ -183,6 +184,9 @@ def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   if argv[:2] == ["bench", "datasets"]:
     return _bench_datasets(argv[2:])
+  if argv[:2] == ["bench", "seq-parallel"]:
+    from seqtrain import bench_seq
+    return bench_seq.main(argv[2:])
   parser = argparse.ArgumentParser(prog="seqtrain", description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
 

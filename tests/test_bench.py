@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import math
 import subprocess
 import sys
@@ -167,7 +168,7 @@ def test_method_names_and_lists():
 
 
 def test_scripts_parse_and_gpu_suite_is_wired():
-  for script in ("solvers", "training", "stability", "report", "auto_crossover"):
+  for script in ("solvers", "training", "stability", "report", "auto_crossover", "seq_parallel"):
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / f"{script}.py"), "--help"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -180,7 +181,7 @@ def test_scripts_parse_and_gpu_suite_is_wired():
   assert "--smoke) SMOKE=1" in text
   for flag in ("CHECK_ARGS=(--check --smoke)", "GRID_ARGS=(--smoke", "TRAIN_ARGS=(--smoke",
                "STAB_ARGS=(--smoke", '--chunk "$K"', "quasi_deer_perstep", "AUTO_ARGS=(",
-               "auto_crossover.py"):
+               "auto_crossover.py", "SEQ_ARGS=(--P 1,2 ", "seq_parallel.py"):
     assert flag in text
   grid = argparse.ArgumentParser()
   bench.add_grid_arguments(grid)
@@ -200,3 +201,23 @@ def test_auto_crossover_benchmark_reports_what_auto_ran(tmp_path):
   assert [(r["T"], r["D"], r["auto_runs"]) for r in rows] == [(16, 4, "sequential")]
   assert all(r[f"{m}_ms"] > 0 for r in rows for m in ("sequential", "quasi_deer", "auto"))
   assert "| 16 | 4 | 2 | sequential |" in (tmp_path / "auto_crossover.md").read_text()
+
+
+def test_seq_parallel_benchmark_memory_falls_with_devices(tmp_path):
+  """`seqtrain bench seq-parallel` on 2 forced CPU devices: per-device compiled memory
+  about halves, the run matches lax.scan, a P beyond the devices is a skipped row."""
+  out = subprocess.run([sys.executable, "-m", "seqtrain.cli", "bench", "seq-parallel",
+                        "--P", "1,2,4", "--T", "4096", "--check-T", "256", "--batch", "2",
+                        "--D", "4", "--repeats", "1", "--cpu-devices", "2",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "XLA_FLAGS": ""})
+  assert out.returncode == 0, out.stderr
+  rows = json.loads((tmp_path / "seq_parallel.json").read_text())["rows"]
+  by = {(r["devices"], r["axis"]): r for r in rows}
+  assert by[(1, False)]["forward_ratio"] == 1.0
+  assert by[(2, True)]["forward_ratio"] < 0.6 and by[(2, True)]["gradient_ratio"] < 0.6
+  for key in ((1, True), (2, True)):
+    assert by[key]["state_error"] < 1e-4 and by[key]["grad_rel_error"] < 1e-4
+    assert by[key]["converged"] and by[key]["iterations"] >= 1
+  assert "skipped" in by[(4, True)]
+  assert "| 2 | 2048 |" in (tmp_path / "seq_parallel.md").read_text()
