@@ -9,8 +9,9 @@ Poolings over the valid steps: "mean", "max", "mean_max" (both, side by
 side: a stationary property and a short event anywhere), "last".
 With ``pooling="mean_logits"`` it is the papers' EigenWorms model (per-step
 logits averaged over valid time steps; docs/method.md, "Training recipe").
-Parameters carry logical axis names ("embed", "mlp", "classes") through
-``nn.with_logical_partitioning`` so the training loop can shard them.
+Parameters are plain arrays (replicated by the training loop: a model of a few
+ten thousand parameters gains nothing from sharding them; the long axis that
+needs splitting is time, ``seq_axis``).
 """
 from __future__ import annotations
 
@@ -29,10 +30,8 @@ CELLS = {"gru": nn.GRUCell, "lstm": nn.LSTMCell, "simple": nn.SimpleCell,
 POOLINGS = ("mean", "max", "mean_max", "last", "mean_logits")
 
 
-def _dense(features, names, name=None, use_bias=True):
-  return nn.Dense(features, name=name, use_bias=use_bias,
-                  kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), names),
-                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), names[-1:]))
+def _dense(features, name=None, use_bias=True):
+  return nn.Dense(features, name=name, use_bias=use_bias)
 
 
 def _time_sum(a, axis):
@@ -99,7 +98,7 @@ class ResidualBlock(_SolverOptionsFrozen, nn.Module):
   seq_axis: str | None = None
 
   @nn.compact
-  def __call__(self, x, lengths, *, train: bool = False):
+  def __call__(self, x, lengths, train: bool = False):
     if self.cell not in CELLS:
       raise ValueError(f"unknown cell {self.cell!r}; valid cells: {', '.join(CELLS)}")
     y = nn.LayerNorm(name="norm_rnn")(x) if self.norm_input else x
@@ -109,11 +108,11 @@ class ResidualBlock(_SolverOptionsFrozen, nn.Module):
                     solver_options=self.solver_options, seq_axis=self.seq_axis,
                     name="rnn")(y, seq_lengths=None if self.seq_axis else lengths)
     if y.shape[-1] != self.width:   # e.g. LRUCell's [Re h, Im h]
-      y = _dense(self.width, ("mlp", "embed"), "rnn_out")(y)
+      y = _dense(self.width, "rnn_out")(y)
     x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
     y = nn.LayerNorm(name="norm_mlp")(x)
-    y = nn.gelu(_dense(self.width * self.mlp_ratio, ("embed", "mlp"), "mlp_in")(y))
-    y = _dense(self.width, ("mlp", "embed"), "mlp_out")(y)
+    y = nn.gelu(_dense(self.width * self.mlp_ratio, "mlp_in")(y))
+    y = _dense(self.width, "mlp_out")(y)
     return x + nn.Dropout(self.dropout, deterministic=not train)(y)
 
 
@@ -178,22 +177,18 @@ class SequenceClassifier(_SolverOptionsFrozen, nn.Module):
       if axis is not None:
         halo = sharded.from_previous(x[:, t - (self.stem_kernel - 1):], axis, reverse=False)
         x, padding = jnp.concatenate([halo, x], axis=1), "VALID"
-      h = nn.Conv(self.width, (self.stem_kernel,), padding=padding, name="stem",
-                  kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                           (None, "features", "mlp")),
-                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(),
-                                                         ("mlp",)))(x)
-      h = _dense(self.width, ("mlp", "embed"), "encoder")(nn.gelu(h))
+      h = nn.Conv(self.width, (self.stem_kernel,), padding=padding, name="stem")(x)
+      h = _dense(self.width, "encoder")(nn.gelu(h))
     else:
-      h = _dense(self.width, ("features", "embed"), "encoder")(x)
+      h = _dense(self.width, "encoder")(x)
     for i in range(self.depth):
       # The first block reads the encoder's output as it is: a LayerNorm over
       # features of a projection of few channels keeps little more than their
       # signs (one channel: exactly the sign), and the recurrence needs amplitudes.
       h = ResidualBlock(self.width, self.cell, self.method, self.solver_options, self.mlp_ratio,
                         self.dropout, norm_input=i > 0, seq_axis=axis,
-                        name=f"block_{i}")(h, lengths, train=train)
-    head = _dense(self.num_classes, ("embed", "classes"), "head")
+                        name=f"block_{i}")(h, lengths, train)
+    head = _dense(self.num_classes, "head")
     if self.pooling == "mean_logits":
       return masked_mean(head(h), mask, axis)
     if self.pooling == "mean":
@@ -216,7 +211,7 @@ class SequenceClassifier(_SolverOptionsFrozen, nn.Module):
     # nn.vmap drops keyword arguments: ``train`` travels as a field of the member
     members = nn.vmap(_Member, variable_axes={"params": 0, "solver_stats": 0},
                       split_rngs={"params": True, "dropout": True}, in_axes=(None, None),
-                      axis_size=self.members, metadata_params={nn.PARTITION_NAME: None})
+                      axis_size=self.members)
     logits = members(**fields, training=train, name="members")(x, lengths)
     if train:
       return logits
