@@ -255,3 +255,12 @@ else:
     out, params = _train_losses(("data", "seq"), (2, 4), jax.devices()[:8], overrides, 62)
     np.testing.assert_allclose(out, ref, rtol=1e-4)
     assert _rel_err(params, ref_params) <= 1e-4
+
+  def test_long_context_config_trains_on_a_data_by_seq_mesh(tmp_path, capsys):
+    """configs/long_context.py (its own mesh (1, 8)) at T = 4096 through the CLI."""
+    from seqtrain import cli
+    assert cli.main(["train", "--config", "configs/long_context.py:4096",
+                     "--workdir", str(tmp_path / "lc")]) == 0
+    out = capsys.readouterr().out
+    assert "mesh {'data': 1, 'seq': 8}" in out and "solver: quasi_deer" in out
+    assert (tmp_path / "lc" / "final_metrics.json").exists()

@@ -169,6 +169,14 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str |
   if batch_size is not None:
     config_dict = dict(config_dict, train=dict(config_dict.get("train", {}),
                                                eval_batch_size=batch_size))
+  run_mesh = config_dict.get("mesh", {})
+  try:
+    mesh_lib.make_mesh(run_mesh.get("axes", ("data",)), run_mesh.get("shape", (-1,)))
+  except ValueError as e:
+    # the parameters do not depend on the mesh: evaluate on the devices that are here
+    say(f"the run's mesh does not fit here ({e}); evaluating with the data axis over "
+        f"all {jax.device_count()} device(s)")
+    config_dict = dict(config_dict, mesh=dict(run_mesh, axes=["data"], shape=[-1]))
   try:
     config = config_lib.config_from_dict(config_dict)
   except config_lib.ConfigError as e:
