@@ -73,7 +73,6 @@ def run_seq_parallel(*, P: Sequence[int] = (1, 2, 4, 8), T: int = 2 ** 20, batch
                      repeats: int = 3, log=print) -> list[dict]:
   import jax
   import jax.numpy as jnp
-  import numpy as np
   from seqtrain.bench import _max_abs_diff, _rel_tree_error, _solver_stats
 
   options = {}

@@ -140,7 +140,7 @@ def _eval(args) -> int:
   from seqtrain.train.evaluate import evaluate_workdir
   evaluate_workdir(args.workdir, split=args.split, checkpoint=args.checkpoint, data=args.data,
                    data_dir=args.data_dir, length=args.length, size=args.size,
-                   method=args.method, batch_size=args.batch_size)
+                   method=args.method, batch_size=args.batch_size, out=args.out)
   return 0
 
 
@@ -216,6 +216,9 @@ def main(argv=None) -> int:
                   help="with --length: number of examples (default: the run's split size)")
   ev.add_argument("--method", default=None,
                   help="solver method to run (default: the run's, e.g. auto)")
+  ev.add_argument("--out", default=None,
+                  help="folder for the report (default <workdir>/eval; e.g. for a read-only "
+                  "workdir)")
   ev.add_argument("--batch-size", type=int, default=None,
                   help="examples per eval batch (default: the run's train.eval_batch_size)")
   _add_distributed_flags(ev)

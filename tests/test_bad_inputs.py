@@ -63,7 +63,15 @@ CASES = [
      "expected true or false"),
     ("config: unknown solver", ["train", *BM, "--workdir", "{tmp}/w",
                                 "--config.model.solver.method=newton"],
-     "model.solver.method='newton': expected one of sequential, deer"),
+     "model.solver.method='newton': unknown solver method 'newton'; valid methods: auto, "
+     "sequential, deer"),
+    ("config: ELK across devices", ["train", *BM, "--workdir", "{tmp}/w",
+                                    "--config.mesh.axes=data,seq", "--config.mesh.shape=1,1",
+                                    "--config.model.solver.method=elk"],
+     "method 'elk' is not sequence-parallel (seq_axis='seq')"),
+    ("config: unknown mesh axis", ["train", *BM, "--workdir", "{tmp}/w",
+                                   "--config.mesh.axes=data,model", "--config.mesh.shape=1,1"],
+     "mesh.axes=('data', 'model'): expected ('data',) or ('data', 'seq')"),
     ("config: unknown cell", ["train", *BM, "--workdir", "{tmp}/w", "--config.model.cell=tcn"],
      "model.cell='tcn'"),
     ("config: batch size 0", ["train", *BM, "--workdir", "{tmp}/w", "--config.train.batch_size=0"],
@@ -181,6 +189,8 @@ def test_bad_input(what, argv, fragment, tmp_files, capsys):
   lines = [l for l in err.splitlines() if "error" in l]
   assert len(lines) == 1 and "Traceback" not in err, err
   assert not (tmp_files / "w" / "checkpoints").exists()  # failed before writing anything
+  if argv[0] == "train" and "{tmp}/w" in argv:   # and left no empty workdir behind
+    assert not (tmp_files / "w").exists(), sorted((tmp_files / "w").rglob("*"))
 
 
 def test_bad_inputs_table_is_current(tmp_files, capsys):

@@ -191,3 +191,18 @@ def test_load_splits_errors(tmp_path):
   write_ts(tmp_path / "T_TEST.ts", wide)
   with pytest.raises(DataFormatError, match="2 channels, the training data 1"):
     sources.load_splits("T", data_dir=tmp_path)
+
+
+def test_a_file_without_newlines_is_refused_without_reading_it_whole(tmp_path, monkeypatch):
+  """Lines are read one at a time with a cap: a huge single line is refused at the
+  cap (named, with its line number), never loaded whole."""
+  from seqtrain.data import ts as ts_module
+  monkeypatch.setattr(ts_module, "MAX_LINE_CHARS", 1000)
+  path = tmp_path / "blob_TRAIN.ts"
+  path.write_text("@problemName blob\n@classLabel true a b\n@data\n" + "1," * 5000 + "2:a\n")
+  with pytest.raises(DataFormatError, match=r"line 4.*longer than 1,000 characters"):
+    read_ts(path)
+  path.write_text("@problemName ok\n@classLabel true a b\n@data\n" + "1," * 100 + "2:a\n"
+                  + "3,4:b\n")
+  data = read_ts(path)
+  assert len(data) == 2 and data.lengths.tolist() == [101, 2]

@@ -1,5 +1,8 @@
 """The training framework end to end on bundled data: train, resume, evaluate, plot."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -228,18 +231,18 @@ def test_config_errors():
     config_lib.load_config("configs/basic_motions.py", ["model.solver.chunk=-1"])
   config = config_lib.load_config("configs/basic_motions.py", [
       "model.solver.mode=store", "model.solver.chunk=8", "model.solver.adjoint=quasi"])
-  assert steps_lib.solver_options(config) == dict(on_failure="sequential", chunk=8, mode="store",
-                                                  adjoint="quasi")
+  assert steps_lib.solver_options(config) == dict(chunk=8, mode="store", adjoint="quasi")
 
 
-def test_config_names_match_the_solvers():
-  """config.py repeats the solver's and the model's names so that reading a config needs
-  no JAX."""
-  from seqtrain.solvers import adjoint, api, newton
-  assert config_lib.METHODS == api.METHODS
-  assert config_lib.ALIASES == api.ALIASES and config_lib.AUTO == api.AUTO
-  assert config_lib.MODES == newton.MODES
-  assert config_lib.ADJOINTS == adjoint.ADJOINTS
+def test_config_reads_the_solver_names_from_the_spec_without_jax():
+  """The solver's option names have one source, seqtrain.solvers.spec (no JAX import);
+  config.py repeats only the model's names, checked here."""
+  code = ("import sys; from seqtrain.train import config as c; "
+          "cfg = c.load_config('configs/basic_motions.py', ['model.solver.mode=store']); "
+          "print(c.solver_spec(cfg).mode, 'jax' in sys.modules)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parents[1], timeout=120)
+  assert out.stdout.split() == ["store", "False"], out.stderr
   from seqtrain.models import classifier
   assert config_lib.CELLS == tuple(classifier.CELLS)
   assert config_lib.POOLINGS == classifier.POOLINGS
@@ -283,3 +286,48 @@ def test_tfds_runs_reuse_what_data_prepare_wrote(tmp_path, monkeypatch, capsys):
   assert sorted((tmp_path / "cache" / "tfds").rglob("*.array_record*")) == files
   assert [f.stat().st_mtime_ns for f in files] == stamps       # read, not written again
   assert not (tmp_path / "work" / "tfds").exists()
+
+
+def test_eval_report_folder_is_checked_before_any_work(quickstart, tmp_path, monkeypatch, capsys):
+  """A workdir that cannot take the report: one line naming --out, exit 2, before the
+  checkpoint is even read; --out writes the report elsewhere."""
+  import os as os_module
+  from seqtrain.train import evaluate as evaluate_lib
+  workdir, _ = quickstart
+  real_access = os_module.access
+  monkeypatch.setattr(evaluate_lib.os, "access",   # a read-only workdir (root ignores modes)
+                      lambda p, mode: False if Path(p) == workdir else real_access(p, mode))
+  monkeypatch.setattr(evaluate_lib, "_load_json", lambda *a: pytest.fail("work was done"))
+  assert cli.main(["eval", "--workdir", str(workdir)]) == 2
+  err = capsys.readouterr().err
+  assert "cannot write the report to" in err and "--out DIR" in err
+  assert len(err.strip().splitlines()) == 1
+  monkeypatch.undo()
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  assert cli.main(["eval", "--workdir", str(workdir), "--out", str(blocker / "eval")]) == 2
+  assert "is not a writable folder" in capsys.readouterr().err
+  assert cli.main(["eval", "--workdir", str(workdir), "--out", str(tmp_path / "r" / "eval")]) == 0
+  assert (tmp_path / "r" / "eval" / "test-latest.json").exists()
+
+
+def test_confusion_plot_title_fits_with_two_classes(tmp_path):
+  from seqtrain.train.plots import _pyplot, plot_confusion
+  plt = _pyplot()
+  seen = {}
+  real_savefig = plt.Figure.savefig
+
+  def savefig(fig, *args, **kwargs):
+    fig.canvas.draw()
+    artist = fig._suptitle if fig._suptitle is not None else fig.axes[0].title
+    title = artist.get_window_extent()
+    seen["inside"] = fig.bbox.x0 <= title.x0 and title.x1 <= fig.bbox.x1 and title.y1 <= fig.bbox.y1
+    return real_savefig(fig, *args, **kwargs)
+
+  plt.Figure.savefig = savefig
+  try:
+    plot_confusion([[20, 0], [1, 19]], ["Arrowhead_long", "Other"], tmp_path / "c.png",
+                   "validation-lengthN-best: accuracy 0.975 (long title)")
+  finally:
+    plt.Figure.savefig = real_savefig
+  assert seen["inside"] and (tmp_path / "c.png").stat().st_size > 0

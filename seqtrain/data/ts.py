@@ -18,7 +18,7 @@ import dataclasses
 import math
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 
@@ -119,9 +119,33 @@ def _parse_bool(path, lineno, tag, value) -> bool:
   return v == "true"
 
 
-def _parse_header(path, lines: Sequence[str]):
+# The longest line read (characters): a .ts data line holds one whole example, so
+# this caps one example at about 10^7 values; a file with no newlines is refused
+# after this much instead of being read whole into memory.
+MAX_LINE_CHARS = 128 * 2 ** 20
+
+
+def _lines(path: Path, f):
+  """(line number, line) from an open text file, one line in memory at a time."""
+  lineno = 0
+  while True:
+    lineno += 1
+    try:
+      line = f.readline(MAX_LINE_CHARS + 1)
+    except UnicodeDecodeError as e:
+      raise DataFormatError(path, f"not a UTF-8 text file ({e.reason})", lineno) from None
+    if not line:
+      return
+    if len(line) > MAX_LINE_CHARS:
+      raise DataFormatError(path, f"line longer than {MAX_LINE_CHARS:,} characters (one "
+                            "example per line; is this a .ts file?)", lineno)
+    yield lineno, line
+
+
+def _parse_header(path, lines):
+  """Reads ``(lineno, line)`` pairs up to and including @data."""
   header: dict = {}
-  for lineno, raw in enumerate(lines, 1):
+  for lineno, raw in lines:
     line = raw.strip()
     if not line or line.startswith(("#", "%")):
       continue
@@ -180,15 +204,17 @@ def read_ts(path: str | os.PathLike, name: str | None = None) -> SeriesDataset:
   """Reads a ``.ts`` classification file (see the module docstring for the format)."""
   path = Path(path)
   try:
-    text = path.read_text(encoding="utf-8")
+    f = open(path, encoding="utf-8")
   except FileNotFoundError:
     raise DataFormatError(path, "file not found") from None
-  except UnicodeDecodeError as e:
-    raise DataFormatError(path, f"not a UTF-8 text file ({e.reason} at byte {e.start})") from None
   except IsADirectoryError:
     raise DataFormatError(path, "is a directory, expected a .ts file") from None
-  lines = text.splitlines()
-  header, data_line = _parse_header(path, lines)
+  with f:
+    return _read_ts(path, _lines(path, f), name)
+
+
+def _read_ts(path: Path, lines, name: str | None) -> SeriesDataset:
+  header, _ = _parse_header(path, lines)
   if header.get("timestamps"):
     raise DataFormatError(path, "@timeStamps true: timestamped series are not supported "
                           "(resample them to a regular grid first)")
@@ -205,8 +231,8 @@ def read_ts(path: str | os.PathLike, name: str | None = None) -> SeriesDataset:
     raise DataFormatError(path, "@seriesLength given but @equalLength is false")
 
   series, labels = [], []
-  for lineno in range(data_line + 1, len(lines) + 1):
-    line = lines[lineno - 1].strip()
+  for lineno, raw in lines:
+    line = raw.strip()
     if not line or line.startswith(("#", "%")):
       continue
     if line.startswith("@"):

@@ -10,7 +10,6 @@ from flax import linen as nn
 from flax.core import FrozenDict
 from flax.core.scope import in_filter
 from flax.linen.recurrent import flip_sequences
-from jax import lax
 
 from seqtrain.nn.cells import cell_functions
 from seqtrain.solvers import canonical_method, resolve_method, sharded, solve

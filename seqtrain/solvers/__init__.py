@@ -1,15 +1,33 @@
 """Parallel evaluation of nonlinear recurrences (pure JAX; knows nothing of Flax).
 
     hs, info = seqtrain.solvers.solve(step, params, h0, xs, method="auto")
-"""
-from seqtrain.solvers.api import (ALIASES, AUTO, CROSSOVER, METHODS, SolveInfo, SolverError,
-                                  canonical_method, default_tolerances, resolve_method, solve)
-from seqtrain.solvers.jacobians import dense_linearization, jvp_diag_linearization
-from seqtrain.solvers.stopping import STATUS
-from seqtrain.solvers.scan import kalman_smoother_mean, linear_scan, linear_scan_sequential
+    spec = seqtrain.solvers.SolverSpec(method="quasi_deer", max_iter=8)
+    hs, info = seqtrain.solvers.solve(step, params, h0, xs, spec=spec)
 
-__all__ = [
-    "ALIASES", "AUTO", "CROSSOVER", "METHODS", "STATUS", "SolveInfo", "SolverError", "canonical_method", "default_tolerances",
-    "dense_linearization", "jvp_diag_linearization", "kalman_smoother_mean", "linear_scan",
-    "linear_scan_sequential", "resolve_method", "solve",
-]
+The names are imported on first use, so that ``seqtrain.solvers.spec`` (the
+options and their valid values, no JAX) can be read without importing JAX.
+"""
+import importlib
+
+_EXPORTS = {
+    "solve": "api", "resolve_method": "api", "default_tolerances": "api", "SolveInfo": "api",
+    "SolverError": "api", "CROSSOVER": "api",
+    "SolverSpec": "spec", "canonical_method": "spec", "METHODS": "spec", "ALIASES": "spec",
+    "AUTO": "spec",
+    "dense_linearization": "jacobians", "jvp_diag_linearization": "jacobians",
+    "STATUS": "stopping",
+    "kalman_smoother_mean": "scan", "linear_scan": "scan", "linear_scan_sequential": "scan",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+  if name not in _EXPORTS:
+    raise AttributeError(f"module 'seqtrain.solvers' has no attribute {name!r}")
+  value = getattr(importlib.import_module(f"seqtrain.solvers.{_EXPORTS[name]}"), name)
+  globals()[name] = value
+  return value
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_EXPORTS))

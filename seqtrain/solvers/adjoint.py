@@ -22,7 +22,7 @@ from seqtrain.solvers.newton import newton_solve
 from seqtrain.solvers.scan import linear_scan
 from seqtrain.solvers.stopping import real_dtype
 
-ADJOINTS = ("shoot", "dense", "quasi", "sequential", "approx")
+
 
 
 def _shift_next(a, axis=None):

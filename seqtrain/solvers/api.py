@@ -17,19 +17,15 @@ from seqtrain.solvers.fallback import sequential_fill
 from seqtrain.solvers.implicit import exact_jvp
 from seqtrain.solvers.jacobians import (dense_linearization, flat_diag_hook, flat_step,
                                         jvp_diag_linearization)
-from seqtrain.solvers.newton import MODES, newton_solve
-from seqtrain.solvers.stopping import DEFAULT_GIVE_UP, STATUS, real_dtype
+from seqtrain.solvers.newton import newton_solve
+from seqtrain.solvers.spec import AUTO, INITS, SolverSpec, canonical_method
+from seqtrain.solvers.stopping import real_dtype
 
-METHODS = ("sequential", "deer", "quasi_deer", "elk", "quasi_elk")
-ALIASES = {"ike": "elk", "quasi_ike": "quasi_elk"}
-AUTO = "auto"
 # Shortest sequence at which the parallel method beats lax.scan, per platform
 # (None: never).  Measured tables: README "Choosing a method" and
 # benchmarks/results/; gpu_suite.sh re-measures the GPU rows.
 CROSSOVER = {"cpu": None, "gpu": 256, "cuda": 256, "rocm": 256, "tpu": 256}
 PARALLEL_DEFAULT = "quasi_deer"
-ON_FAILURE = ("sequential", "return", "raise")
-INITS = ("zeros", "warm")
 
 
 class SolveInfo(NamedTuple):
@@ -69,15 +65,6 @@ def default_tolerances(dtype) -> tuple[float, float]:
   if dtype == jnp.float32:
     return 1e-5, 1e-5
   return 1e-2, 1e-2
-
-
-def canonical_method(method: str) -> str:
-  """The method's canonical name ("auto" stays "auto": see ``resolve_method``)."""
-  name = ALIASES.get(method, method)
-  if name not in METHODS + (AUTO,):
-    valid = ", ".join((AUTO,) + METHODS + tuple(ALIASES))
-    raise ValueError(f"unknown solver method {method!r}; valid methods: {valid}")
-  return name
 
 
 def resolve_method(method: str, length: int, backend: str | None = None,
@@ -125,30 +112,9 @@ def _raise_on_failure(converged, residual, iterations, method):
         f"{int(np.max(iterations))} iterations (on_failure='raise')")
 
 
-def _check_sequence_parallel(method, mode, adjoint, axis):
-  if method in ("elk", "quasi_elk"):
-    other = "quasi_deer" if method == "quasi_elk" else "deer"
-    raise ValueError(
-        f"method {method!r} is not sequence-parallel (seq_axis={axis!r}): its Kalman smoother "
-        f"runs over the whole sequence on one device; use {other!r} (undamped Newton, "
-        f"the same fixed point) or 'sequential'")
-  if mode not in (None, "shoot"):
-    raise ValueError(f"mode={mode!r} is not sequence-parallel (seq_axis={axis!r}); use "
-                     f"mode='shoot' (the default)")
-  if adjoint not in (None, "shoot", "sequential"):
-    raise ValueError(f"adjoint={adjoint!r} is not sequence-parallel (seq_axis={axis!r}); use "
-                     f"'shoot' (the default) or 'sequential'")
-
-
-def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *,
-          length: int | None = None,
-          atol: float | None = None, rtol: float | None = None, max_iter: int | None = None,
-          give_up: float | None = DEFAULT_GIVE_UP,
-          init: Any = "zeros", on_failure: str = "sequential",
-          diag_jacobian: Callable | None = None, jvp_batch: int | None = None,
-          chunk: int | None = None, mode: str | None = None, adjoint: str | None = None,
-          lam_init: float = 1e-3, adaptive_lambda: bool = True, elk_step: str = "smoother",
-          clip: float = 1e8, unroll: int | bool = 1, seq_axis: str | None = None):
+def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str | None = None, *,
+          spec: SolverSpec | None = None, length: int | None = None, init: Any = "zeros",
+          diag_jacobian: Callable | None = None, **options):
   """Evaluates h_t = step(params, h_{t-1}, x_t), t = 1..T, in parallel over T.
 
   Args:
@@ -159,76 +125,45 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
     h0: initial state pytree (differentiable).
     xs: pytree of inputs with leading time axis T (differentiable), or None
       with ``length``.
-    method: "auto" (see ``resolve_method``), "sequential" (lax.scan), "deer" (Newton, dense Jacobian),
-      "quasi_deer" (diagonal Jacobian), "elk" (damped, dense), "quasi_elk"
-      (damped, diagonal); "ike"/"quasi_ike" are aliases of the damped ones.
-    atol, rtol: per-step residual tolerance |r_t| <= atol + rtol |h_t|
-      (default per dtype, see ``default_tolerances``).
-    max_iter: cap on iterations (default: the causal bound of the form, within
-      which Newton ends from any start: the number of chunks for the chunk-start
-      DEER / quasi-DEER, T for the per-step forms and ELK).
-    give_up: stop early, and take the sequential path, when the iterations the
-      solve is projected to need exceed this fraction of the causal bound
-      (after at least 3 iterations; None or 0: never).  See
-      ``seqtrain/solvers/stopping.py`` and docs/method.md.
+    method: shorthand for ``spec.method`` (default "auto": ``resolve_method``).
+    spec: a ``SolverSpec`` (default ``SolverSpec()``); ``options`` are its
+      fields (``atol``, ``max_iter``, ``mode``, ``adjoint``, ``seq_axis`` ...),
+      overriding the spec's: ``solve(..., "deer", max_iter=8)``.  Every option
+      and its meaning: ``SolverSpec``.
     init: "zeros", "warm" (h_t = f(h0, x_t), computed in parallel) or a
       trajectory pytree shaped like the output.
-    on_failure: "sequential" (default: exact lax.scan result, info.fallback set),
-      "return" (the unconverged iterate, info.converged False) or "raise".
     diag_jacobian: optional analytic hook (params, h, x) -> (h_next, diag(df/dh))
       used by the quasi methods instead of the JVP fallback.
-    jvp_batch: JVP directions per block in the generic diagonal (default all).
-    chunk: positions per chunk of the chunked solvers (default by T and mode,
-      see ``newton.default_chunk``).
-    mode: DEER / quasi-DEER formulation: "shoot" (default: Newton on the chunk
-      starts, exact steps inside chunks; same fixed point, few iterations),
-      or the papers' per-step Newton: "store" (chunk maps kept) or "recompute"
-      (second pass instead of storage).
-    adjoint: backward pass: "shoot" (default: the adjoint recurrence solved like
-      the forward, exact VJPs inside chunks, diag(J) or dense J products across
-      them), "dense" (materialised (T, D, D) Jacobians), "quasi" (diagonally
-      preconditioned iteration with exact VJPs), "sequential" (lax.scan), all
-      exact; or "approx" (diag(J) only: the reference code's APPROXIMATE
-      gradient, cheaper and wrong by tens of percent for dense-weight cells).
-    lam_init, adaptive_lambda, elk_step: damped methods: initial lambda,
-      gain-ratio adaptation (False: fixed lambda, all steps accepted, as in the
-      paper), "smoother" (exact LM step) or "filter" (the paper's filter-only step).
-    clip: magnitude at which iterates are clipped (non-finite ones are reset).
-    unroll: lax.scan's ``unroll`` for the sequential method (and its fallback
-      is unchanged); the parallel methods ignore it.
-    seq_axis: sequence parallelism.  Call ``solve`` inside ``jax.shard_map``
-      with xs sharded along time over this mesh axis (P devices, device p
-      holding steps [p T/P, (p+1) T/P)); xs / init / the result are this
-      device's block, h0 the state before the whole sequence.  Methods
-      "sequential" (the carry passed device to device), "deer" and
-      "quasi_deer" (mode "shoot": local chunks, the chunk-start scan and the
-      stopping test across devices; docs/method.md); adjoints "shoot" and
-      "sequential".  ``info`` is identical on every device.  Replicated
-      params / h0 are cast to device-varying (their gradients are summed over
-      the axis).  First derivatives only (no exact rule for jax.hessian).
+
+  With ``seq_axis`` (sequence parallelism) call ``solve`` inside
+  ``jax.shard_map`` with xs sharded along time over that mesh axis (P devices,
+  device p holding steps [p T/P, (p+1) T/P)); xs / init / the result are this
+  device's block, h0 the state before the whole sequence.  Methods
+  "sequential" (the carry passed device to device), "deer" and "quasi_deer"
+  (mode "shoot": local chunks, the chunk-start scan and the stopping test
+  across devices; docs/method.md section 8); adjoints "shoot" and
+  "sequential".  ``info`` is identical on every device.  Replicated params /
+  h0 are cast to device-varying (their gradients are summed over the axis).
+  First derivatives only (no exact rule for jax.hessian).
+
+  The function reads as: validate (``SolverSpec``, shapes) -> forward
+  (``_FORWARD[method]``) -> backward (``_ADJOINT[adjoint]``) in one custom VJP.
 
   Returns:
     (hs, info): hs has the structure of h0 with a leading axis T (states 1..T);
     info is a ``SolveInfo``.
   """
-  method = canonical_method(method)
-  if on_failure not in ON_FAILURE:
-    raise ValueError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}")
-  if elk_step not in ("smoother", "filter"):
-    raise ValueError(f"elk_step must be 'smoother' or 'filter', got {elk_step!r}")
-  if adjoint is not None and adjoint not in adj.ADJOINTS:
-    raise ValueError(f"adjoint must be one of {adj.ADJOINTS}, got {adjoint!r}")
-  if mode is not None and mode not in MODES:
-    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-  if max_iter is not None and max_iter < 0:
-    raise ValueError(f"max_iter must be >= 0, got {max_iter}")
-  if give_up is not None and not 0 <= give_up:
-    raise ValueError(f"give_up must be >= 0 or None, got {give_up}")
+  unknown = sorted(set(options) - set(SolverSpec.field_names()))
+  if unknown:
+    raise TypeError(f"solve() got unknown option(s) {', '.join(unknown)}; the options are "
+                    f"SolverSpec's fields: {', '.join(SolverSpec.field_names())}")
+  spec = (spec or SolverSpec()).replace(**options, **({} if method is None else
+                                                      {"method": method}))
+  seq_axis = spec.seq_axis
   t = _sequence_length(xs, length)
   devices = 1 if seq_axis is None else sharded.axis_size(seq_axis)
-  method = resolve_method(method, t * devices, devices=devices)
+  method = resolve_method(spec.method, t * devices, devices=devices)
   if seq_axis is not None:
-    _check_sequence_parallel(method, mode, adjoint, seq_axis)
     # one varying type for all inputs (e.g. a batch shard's: data and seq), so that
     # loop carries started from h0 type-check against the values they take
     params, h0, xs = sharded.varying(
@@ -237,12 +172,13 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
   if not jnp.issubdtype(z0.dtype, jnp.inexact):
     raise TypeError(f"the state must be floating point or complex, got {z0.dtype}")
   d_atol, d_rtol = default_tolerances(z0.dtype)
-  atol = d_atol if atol is None else atol
-  rtol = d_rtol if rtol is None else rtol
+  atol = d_atol if spec.atol is None else spec.atol
+  rtol = d_rtol if spec.rtol is None else spec.rtol
   quasi = method in ("quasi_deer", "quasi_elk")
   kind = "diag" if quasi else "dense"
-  mode = mode or "shoot"
-  adjoint = adjoint or "shoot"
+  mode = spec.mode or "shoot"
+  adjoint = spec.adjoint or "shoot"
+  on_failure = spec.on_failure
 
   def unravel_traj(z):
     return jax.vmap(unravel)(z)
@@ -255,7 +191,7 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
       return h, h
 
     def run_block(start):
-      end, hs = lax.scan(body, start, xs, length=t, unroll=unroll)
+      end, hs = lax.scan(body, start, xs, length=t, unroll=spec.unroll)
       return hs, end
 
     if seq_axis is None:
@@ -278,7 +214,7 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
         flat_diag_hook(diag_jacobian, unravel), params, z0, x_first)
     diag_lin = lambda p, z, x: hook_closed(p[0], z, x, *p[2])
   else:
-    diag_lin = jvp_diag_linearization(fz, jvp_batch)
+    diag_lin = jvp_diag_linearization(fz, spec.jvp_batch)
   dense_lin = dense_linearization(fz)
   lin = diag_lin if quasi else dense_lin
   all_params = (params, tuple(consts), tuple(hook_consts))
@@ -292,33 +228,24 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
       raise ValueError(
           f"init trajectory has flat shape {z_init_given.shape}, expected {(t,) + z0.shape}")
 
+  problem = _Problem(fz, lin, dense_lin, diag_lin, kind, atol, rtol, t, mode, spec)
+
   def core(p, z0_, xs_):
-    """The parallel solve: (trajectory, solver stats)."""
+    """The parallel solve: (trajectory, (solver stats, final damping))."""
     if isinstance(init, str) and init == "zeros":
       zinit = jnp.zeros((t,) + z0_.shape, z0_.dtype)
     elif isinstance(init, str):
       zinit = jax.vmap(fz, in_axes=(None, None, 0))(p, z0_, xs_)
     else:
       zinit = z_init_given.astype(z0_.dtype)
-    common = dict(kind=kind, atol=atol, rtol=rtol, max_iter=max_iter, give_up=give_up)
-    seq = fz if on_failure == "sequential" else None
-    if method in ("deer", "quasi_deer"):
-      z, st = newton_solve(lin, p, z0_, xs_, zinit, length=t, chunk=chunk, mode=mode,
-                           clip=clip, fallback=seq, axis=seq_axis, **common)
-      lam = jnp.zeros((), real_dtype(z0_.dtype))
-    else:
-      z, st = elk_solve(lin, p, z0_, xs_, zinit, lam_init=lam_init,
-                        adaptive=adaptive_lambda, smooth=elk_step == "smoother", clip=clip,
-                        **common)
-      if seq is not None:
-        z = sequential_fill(seq, st.converged, z[:, None], p, z0_, xs_, length=t)[:, 0]
-      lam = st.lam
+    z, st, lam = _FORWARD[method](problem, p, z0_, xs_, zinit)
     return z, (st, lam)
 
   # Forward-mode derivatives (jax.jvp, jax.hessian) are those of the exact
   # solution, solved as a linear recurrence (implicit.py).
   if seq_axis is None:
-    core = exact_jvp(core, fz, lin, kind=kind, reverse=False, atol=atol, rtol=rtol, chunk=chunk)
+    core = exact_jvp(core, fz, lin, kind=kind, reverse=False, atol=atol, rtol=rtol,
+                     chunk=spec.chunk)
 
   def forward(p, z0_, xs_):
     seq = on_failure == "sequential"
@@ -345,20 +272,7 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
     g = cts[0]
     first = z0_ if seq_axis is None else sharded.boundary(z0_, z[-1], seq_axis, reverse=False)
     zprev = jnp.concatenate([first[None], z[:-1]])
-    if adjoint == "shoot":
-      mu = adj.shoot_adjoint(fz, lin, p, zprev, xs_, g, kind=kind, atol=atol, rtol=rtol,
-                             max_iter=max_iter and max(max_iter, 1), chunk=chunk,
-                             give_up=give_up, axis=seq_axis)[0]
-    elif adjoint == "dense":
-      mu = adj.dense_adjoint(dense_lin, p, zprev, xs_, g)
-    elif adjoint == "sequential":
-      mu = adj.sequential_adjoint(fz, p, zprev, xs_, g, axis=seq_axis)
-    elif adjoint == "approx":
-      mu = adj.approx_adjoint(diag_lin, p, zprev, xs_, g)
-    else:
-      mu, _, ok = adj.quasi_adjoint(fz, diag_lin, p, zprev, xs_, g, atol=atol, rtol=rtol,
-                                    max_iter=max(max_iter or t, 1))
-      mu = adj.sequential_adjoint_fill(fz, ok, mu, p, zprev, xs_, g)
+    mu = _ADJOINT[adjoint](problem, p, zprev, xs_, g)
     return adj.input_gradients(fz, p, z0_, zprev, xs_, mu, axis=seq_axis)
 
   run.defvjp(run_fwd, run_bwd)
@@ -366,3 +280,73 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str = "auto", *
   # Diagnostics carry no derivatives (integer/bool outputs of the custom VJP).
   info = jax.tree_util.tree_map(lax.stop_gradient, info)
   return unravel_traj(z), info
+
+
+class _Problem(NamedTuple):
+  """What the forward and adjoint rules read: the flat step, its linearisations
+  and the resolved options."""
+  fz: Callable          # (params, z, x) -> z_next on flat states
+  lin: Callable         # the method's linearisation (dense or diagonal)
+  dense_lin: Callable
+  diag_lin: Callable
+  kind: str             # "dense" | "diag"
+  atol: float
+  rtol: float
+  length: int
+  mode: str
+  spec: SolverSpec
+
+  def common(self) -> dict:
+    return dict(kind=self.kind, atol=self.atol, rtol=self.rtol, max_iter=self.spec.max_iter,
+                give_up=self.spec.give_up)
+
+  def fallback(self):
+    return self.fz if self.spec.on_failure == "sequential" else None
+
+
+def _newton_forward(pr: _Problem, p, z0, xs, zinit):
+  """DEER / quasi-DEER (newton.py; docs/method.md sections 1-2)."""
+  z, st = newton_solve(pr.lin, p, z0, xs, zinit, length=pr.length, chunk=pr.spec.chunk,
+                       mode=pr.mode, clip=pr.spec.clip, fallback=pr.fallback(),
+                       axis=pr.spec.seq_axis, **pr.common())
+  return z, st, jnp.zeros((), real_dtype(z0.dtype))
+
+
+def _elk_forward(pr: _Problem, p, z0, xs, zinit):
+  """ELK / quasi-ELK (elk.py; docs/method.md section 3), then the sequential fill."""
+  z, st = elk_solve(pr.lin, p, z0, xs, zinit, lam_init=pr.spec.lam_init,
+                    adaptive=pr.spec.adaptive_lambda, smooth=pr.spec.elk_step == "smoother",
+                    clip=pr.spec.clip, **pr.common())
+  if pr.fallback() is not None:
+    z = sequential_fill(pr.fz, st.converged, z[:, None], p, z0, xs, length=pr.length)[:, 0]
+  return z, st, st.lam
+
+
+# method -> (problem, params, z0, xs, initial trajectory) -> (z, stats, lam)
+_FORWARD = {"deer": _newton_forward, "quasi_deer": _newton_forward,
+            "elk": _elk_forward, "quasi_elk": _elk_forward}
+
+
+def _shoot_adjoint(pr: _Problem, p, zprev, xs, g):
+  max_iter = pr.spec.max_iter
+  return adj.shoot_adjoint(pr.fz, pr.lin, p, zprev, xs, g, kind=pr.kind, atol=pr.atol,
+                           rtol=pr.rtol, max_iter=max_iter and max(max_iter, 1),
+                           chunk=pr.spec.chunk, give_up=pr.spec.give_up,
+                           axis=pr.spec.seq_axis)[0]
+
+
+def _quasi_adjoint(pr: _Problem, p, zprev, xs, g):
+  mu, _, ok = adj.quasi_adjoint(pr.fz, pr.diag_lin, p, zprev, xs, g, atol=pr.atol,
+                                rtol=pr.rtol, max_iter=max(pr.spec.max_iter or pr.length, 1))
+  return adj.sequential_adjoint_fill(pr.fz, ok, mu, p, zprev, xs, g)
+
+
+# adjoint -> (problem, params, z_{t-1}, xs, dL/dz_t) -> mu (docs/method.md section 4)
+_ADJOINT = {
+    "shoot": _shoot_adjoint,
+    "dense": lambda pr, p, zprev, xs, g: adj.dense_adjoint(pr.dense_lin, p, zprev, xs, g),
+    "sequential": lambda pr, p, zprev, xs, g: adj.sequential_adjoint(
+        pr.fz, p, zprev, xs, g, axis=pr.spec.seq_axis),
+    "approx": lambda pr, p, zprev, xs, g: adj.approx_adjoint(pr.diag_lin, p, zprev, xs, g),
+    "quasi": _quasi_adjoint,
+}

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from seqtrain.solvers.scan import kalman_smoother_mean, linear_scan, ops_for
-from seqtrain.solvers.stopping import (CONVERGED, DEFAULT_GIVE_UP, clip_magnitude,
+from seqtrain.solvers.spec import DEFAULT_GIVE_UP
+from seqtrain.solvers.stopping import (CONVERGED, clip_magnitude,
                                        projected_too_long, real_dtype, status_code)
 
 

@@ -41,11 +41,10 @@ from jax import lax
 from seqtrain.solvers import sharded
 from seqtrain.solvers.fallback import broadcast_unbatched, sequential_fill, vmap_axes
 from seqtrain.solvers.scan import linear_scan, ops_for
-from seqtrain.solvers.stopping import (CONVERGED, DEFAULT_GIVE_UP, clip_magnitude, exact_prefix,
+from seqtrain.solvers.spec import DEFAULT_GIVE_UP, MODES
+from seqtrain.solvers.stopping import (CONVERGED, clip_magnitude, exact_prefix,
                                        projected_too_long, real_dtype, status_code)
 
-
-MODES = ("shoot", "store", "recompute")
 
 
 class NewtonStats(NamedTuple):

@@ -181,5 +181,5 @@ def chain(run_block: Callable, edge_start, init_out, axis: str, reverse: bool):
     out, end = run_block(start)
     return boundary(edge_start, end, axis, reverse), out
 
-  start, init_out = varying((edge_start, init_out), varying_axes(edge_start) | {axis})
+  start, init_out = varying((edge_start, init_out), tree_varying_axes(edge_start) | {axis})
   return lax.fori_loop(0, n, body, (start, init_out))[1]

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 STATUS = ("converged", "max_iter", "gave_up", "nonfinite")
 CONVERGED, MAX_ITER, GAVE_UP, NONFINITE = range(4)
 GIVE_UP_MIN_ITERS = 3
-DEFAULT_GIVE_UP = 0.5
+
 
 
 def real_dtype(dtype):

@@ -24,13 +24,8 @@ __all__ = ["ConfigError", "base_config", "load_config", "apply_overrides", "vali
            "SHAPE_FIELDS", "CONFIGS_DIR"]
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
-# The solver's names, repeated so that reading a config does not import JAX
-# (tests/test_train.py checks they match seqtrain.solvers; canonical_method there).
-METHODS = ("sequential", "deer", "quasi_deer", "elk", "quasi_elk")
-ALIASES = {"ike": "elk", "quasi_ike": "quasi_elk"}
-AUTO = "auto"   # resolved when the model is traced: seqtrain.solvers.resolve_method
-MODES = ("shoot", "store", "recompute")
-ADJOINTS = ("shoot", "dense", "quasi", "sequential", "approx")
+# The solver's names come from its SolverSpec module (no JAX imported to read a config).
+from seqtrain.solvers.spec import SolverSpec  # noqa: E402
 CELLS = ("gru", "lstm", "simple", "diag_gru", "diag_lstm", "lru")
 POOLINGS = ("mean", "max", "mean_max", "last", "mean_logits")
 
@@ -246,8 +241,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       _check(isinstance(value, str), field, value, "expected a string")
   for field in ("train.augment_scale", "train.augment_jitter"):
     _check(_get(c, field) >= 0, field, _get(c, field), "must be >= 0")
-  for field in ("seed", "data.max_length", "data.bucket_window", "train.warmup_steps",
-                "model.solver.max_iter", "model.solver.chunk"):
+  for field in ("seed", "data.max_length", "data.bucket_window", "train.warmup_steps"):
     _check(_get(c, field) >= 0, field, _get(c, field), "must be >= 0")
   for field in ("model.width", "model.depth", "model.mlp_ratio", "model.stem_kernel",
                 "model.members", "train.batch_size",
@@ -278,16 +272,12 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          "train.select", c.train.select, "needs a validation split (data.validation_fraction > 0 "
          "or data.validation_file): test data never picks a checkpoint")
   _check(0.0 <= c.model.dropout < 1.0, "model.dropout", c.model.dropout, "must be in [0, 1)")
-  _check(ALIASES.get(c.model.solver.method, c.model.solver.method) in METHODS + (AUTO,),
-         "model.solver.method", c.model.solver.method,
-         f"expected one of {', '.join(METHODS)} or {AUTO} (aliases: {', '.join(ALIASES)})")
-  _check(c.model.solver.mode in ("",) + MODES, "model.solver.mode", c.model.solver.mode,
-         f"expected one of {', '.join(MODES)} (or empty for the default)")
-  _check(c.model.solver.adjoint in ("",) + ADJOINTS, "model.solver.adjoint",
-         c.model.solver.adjoint, f"expected one of {', '.join(ADJOINTS)} (or empty for the default)")
-  _check(c.model.solver.on_failure in ("sequential", "return", "raise"),
-         "model.solver.on_failure", c.model.solver.on_failure,
-         "expected sequential, return or raise")
+  for name in c.model.solver.keys():   # each field on its own: the error names it
+    value = c.model.solver[name]
+    try:
+      SolverSpec(**_spec_fields({name: value}))
+    except (ValueError, TypeError) as e:
+      raise ConfigError(f"config field model.solver.{name}={value!r}: {e}") from None
   _check(c.train.optimizer in ("adamw", "adam", "sgd"), "train.optimizer", c.train.optimizer,
          "expected adamw, adam or sgd")
   _check(c.train.learning_rate > 0, "train.learning_rate", c.train.learning_rate, "must be > 0")
@@ -300,19 +290,28 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check("data" in c.mesh.axes, "mesh.axes", c.mesh.axes, "needs a 'data' axis")
   _check(set(c.mesh.axes) <= {"data", "seq"} and len(set(c.mesh.axes)) == len(c.mesh.axes),
          "mesh.axes", tuple(c.mesh.axes), "expected ('data',) or ('data', 'seq')")
-  if "seq" in c.mesh.axes:
-    method = ALIASES.get(c.model.solver.method, c.model.solver.method)
-    _check(method not in ("elk", "quasi_elk"), "model.solver.method", c.model.solver.method,
-           "is not sequence-parallel (mesh.axes has 'seq'); use deer or quasi_deer")
-    _check(c.model.solver.mode in ("", "shoot"), "model.solver.mode", c.model.solver.mode,
-           "is not sequence-parallel (mesh.axes has 'seq'); use shoot (the default)")
-    _check(c.model.solver.adjoint in ("", "shoot", "sequential"), "model.solver.adjoint",
-           c.model.solver.adjoint, "is not sequence-parallel (mesh.axes has 'seq'); use shoot "
-           "(the default) or sequential")
+  try:
+    solver_spec(c)
+  except ValueError as e:
+    raise ConfigError(f"config fields model.solver with mesh.axes={tuple(c.mesh.axes)}: {e}") \
+        from None
   _check(sum(1 for s in c.mesh.shape if s == -1) <= 1 and all(
       isinstance(s, int) and (s == -1 or s >= 1) for s in c.mesh.shape), "mesh.shape",
          c.mesh.shape, "sizes are positive integers, at most one -1")
   return c
+
+
+def _spec_fields(fields: dict) -> dict:
+  """Config values -> SolverSpec fields: 0 and "" mean the solver's default."""
+  return {k: v for k, v in fields.items() if not (k != "method" and v in (0, ""))}
+
+
+def solver_spec(c: ml_collections.ConfigDict) -> SolverSpec:
+  """The config's ``model.solver`` section (and its mesh's ``seq`` axis) as the
+  solver's ``SolverSpec``."""
+  fields = _spec_fields({k: c.model.solver[k] for k in c.model.solver.keys()})
+  seq_axis = "seq" if "seq" in tuple(c.mesh.axes) else None
+  return SolverSpec(**fields, seq_axis=seq_axis)
 
 
 def _get(c, field):

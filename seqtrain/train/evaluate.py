@@ -138,11 +138,22 @@ class _ReportingEval:
     return self.compiled[key](params, batch)
 
 
+def _check_writable(out_dir: Path, flag: str | None):
+  """Refuse (one line) a report folder that cannot be written, before any work."""
+  probe = out_dir
+  while not probe.exists() and probe != probe.parent:
+    probe = probe.parent
+  if not (probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)):
+    hint = "choose another folder" if flag else "pass --out DIR to write the report elsewhere"
+    raise EvalError(f"cannot write the report to {out_dir} ({probe} is not a writable "
+                    f"folder); {hint}")
+
+
 def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str | None = None,
                      data: str | None = None, data_dir: str | None = None,
                      length: int | None = None, size: int | None = None,
                      method: str | None = None, batch_size: int | None = None,
-                     say=print) -> dict:
+                     out: str | Path | None = None, say=print) -> dict:
   """Evaluates a workdir's checkpoint on one split (or ``data``).
 
   ``checkpoint``: "best" (highest validation accuracy), "latest", a step, or
@@ -152,8 +163,11 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str |
   ``length``: regenerate the run's synthetic task at this length (``size``
   examples of the split, default the run's split size); ``method``: the solver
   method to run (default the run's); ``batch_size``: examples per eval batch
-  (default the run's ``train.eval_batch_size``)."""
+  (default the run's ``train.eval_batch_size``); ``out``: the folder for the
+  report (default <workdir>/eval; checked writable before anything is computed)."""
   workdir = Path(workdir).absolute()
+  out_dir = Path(out).absolute() if out is not None else workdir / "eval"
+  _check_writable(out_dir, "--out" if out is not None else None)
   config_path = workdir / "config.json"
   config_dict = _load_json(config_path, "config.json")
   if length is not None and data:
@@ -259,10 +273,9 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str |
     metrics["oracle_accuracy"] = _oracle_accuracy(source)
   if run_data is not None:
     metrics["baselines"] = data_lib.baseline_report(run_data, source, split)
-  out_dir = workdir / "eval"
   name = f"{label}-{which if step is None else f'step{step}'}"
   if jax.process_index() == 0:
-    out_dir.mkdir(exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     config_lib.write_json_atomic(out_dir / f"{name}.json", json.dumps(metrics, indent=2))
     config_lib.write_json_atomic(out_dir / f"{name}.md",
                                  report_markdown(metrics, f"{workdir.name}: {label}"))

@@ -1,6 +1,7 @@
 """PNG plots of a run: training curves, validation accuracy, solver iterations, confusion."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -63,7 +64,11 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
   plt = _pyplot()
   c = np.asarray(confusion)
   k = len(class_names)
-  fig, ax = plt.subplots(figsize=(1.2 + 0.6 * k, 1.0 + 0.6 * k))
+  # a floor on the size, and the title wrapped to the width: with two classes the
+  # matrix alone would leave the title clipped
+  width, height = max(4.0, 1.2 + 0.6 * k), max(3.6, 1.0 + 0.6 * k)
+  title = textwrap.fill(title, width=max(20, int(width * 9)))
+  fig, ax = plt.subplots(figsize=(width, height))
   ax.imshow(c, cmap="Blues")
   ax.set_xticks(range(k), class_names, rotation=45, ha="right")
   ax.set_yticks(range(k), class_names)
@@ -73,7 +78,7 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
     for j in range(k):
       ax.text(j, i, str(int(c[i, j])), ha="center", va="center",
               color="white" if c[i, j] > c.max() / 2 else "black")
-  ax.set_title(title)
+  fig.suptitle(title)   # centred on the figure: above the axes it overflows to the right
   fig.tight_layout()
   fig.savefig(out, dpi=100)
   plt.close(fig)

@@ -26,6 +26,7 @@ from jax.sharding import PartitionSpec as P
 
 from seqtrain.models import SequenceClassifier
 from seqtrain.parallel import mesh as mesh_lib
+from seqtrain.train import config as config_lib
 
 __all__ = ["TrainState", "build_model", "build_optimizer", "init_state", "make_train_step",
            "make_eval_step", "solver_options", "confusion_metrics"]
@@ -41,14 +42,11 @@ class TrainState:
 
 
 def solver_options(config) -> dict:
-  opts = {"on_failure": config.model.solver.on_failure}
-  if config.model.solver.max_iter:
-    opts["max_iter"] = int(config.model.solver.max_iter)
-  if config.model.solver.chunk:
-    opts["chunk"] = int(config.model.solver.chunk)
-  for field in ("mode", "adjoint"):
-    if config.model.solver[field]:
-      opts[field] = str(config.model.solver[field])
+  """The keyword options of the config's SolverSpec (``config.solver_spec``) that
+  differ from the solver's defaults, ``method`` and ``seq_axis`` aside (the
+  model passes those itself)."""
+  opts = config_lib.solver_spec(config).options()
+  opts.pop("seq_axis", None)
   return opts
 
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from seqtrain.parallel import mesh as mesh_lib
@@ -172,7 +171,24 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chang
 
   ``stop_after``: leave the loop after this many steps of this invocation (tests use
   it to simulate an interruption; the schedule still spans ``config.train.steps``).
+  A run that fails before writing anything (bad data, say) leaves no empty workdir
+  behind where there was none.
   """
+  fresh = not Path(workdir).exists()
+  try:
+    return _train_and_evaluate(config, workdir, allow_config_change=allow_config_change,
+                               stop_after=stop_after)
+  except BaseException:
+    if fresh and jax.process_index() == 0:
+      try:
+        Path(workdir).rmdir()   # only if still empty
+      except OSError:
+        pass
+    raise
+
+
+def _train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_change: bool,
+                        stop_after: int | None) -> dict:
   # --- workdir, config, logging -------------------------------------------------------------
   workdir = Path(workdir).absolute()
   primary = jax.process_index() == 0
