@@ -93,6 +93,11 @@ def _signal_group(proc: subprocess.Popen, sig: int):
       pass
 
 
+# Connection chatter of the CPU collectives library (one line per communicator,
+# printed by its C++ code): kept in the process logs, not echoed to the console.
+_CONSOLE_NOISE = ("[Gloo] Rank ",)
+
+
 def _pump(stream, log_file, prefix: str):
   """Copies process 0's output to its log and to the console, line by line."""
   with stream:
@@ -100,6 +105,8 @@ def _pump(stream, log_file, prefix: str):
       log_file.write(raw)
       log_file.flush()
       text = raw.decode("utf-8", errors="replace")
+      if text.startswith(_CONSOLE_NOISE):
+        continue
       out = sys.stdout
       try:
         out.write(prefix + text if text.endswith("\n") else prefix + text + "\n")

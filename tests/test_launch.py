@@ -65,6 +65,7 @@ def test_local_sets_env_per_process_and_writes_logs(tmp_path, capsys):
       pid = env["SEQTRAIN_PROCESS_ID"]
       open(os.path.join({str(out)!r}, "env_" + pid + ".json"), "w").write(json.dumps(env))
       print("hello from", pid)
+      print("[Gloo] Rank " + pid + " is connected to 1 peer ranks.", flush=True)
       print("warning from", pid, file=sys.stderr)
   """)
   logs = tmp_path / "logs"
@@ -84,8 +85,10 @@ def test_local_sets_env_per_process_and_writes_logs(tmp_path, capsys):
   for i in range(2):
     text = (logs / f"process_{i}.log").read_text()
     assert f"hello from {i}" in text and f"warning from {i}" in text  # stdout + stderr
+    assert "[Gloo] Rank" in text   # collectives' chatter: in the log, not on the console
   console = capsys.readouterr().out
   assert "[0] hello from 0" in console and "[0] warning from 0" in console
+  assert "Gloo" not in console
   assert "hello from 1" not in console
 
 

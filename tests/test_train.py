@@ -296,7 +296,8 @@ def test_eval_report_folder_is_checked_before_any_work(quickstart, tmp_path, mon
   workdir, _ = quickstart
   real_access = os_module.access
   monkeypatch.setattr(evaluate_lib.os, "access",   # a read-only workdir (root ignores modes)
-                      lambda p, mode: False if Path(p) == workdir else real_access(p, mode))
+                      lambda p, mode: False if Path(p).is_relative_to(workdir)
+                      else real_access(p, mode))
   monkeypatch.setattr(evaluate_lib, "_load_json", lambda *a: pytest.fail("work was done"))
   assert cli.main(["eval", "--workdir", str(workdir)]) == 2
   err = capsys.readouterr().err
