@@ -16,7 +16,10 @@ process killed during a save leaves the previous checkpoints intact.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -102,8 +105,9 @@ class Checkpoints:
     if step not in mngr.all_steps():
       raise FileNotFoundError(f"no checkpoint of step {step} in {self.dirs[which]} (steps: "
                               f"{sorted(mngr.all_steps())})")
-    out = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    with _quiet_abandoned_reads():
+      out = mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return out["state"], out["meta"]
 
   def restore_newest_valid(self, abstract_state: Any, say: Callable[[str], None] = print):
@@ -121,7 +125,7 @@ class Checkpoints:
         return self.restore(abstract_state, "latest", step)
       except Exception as e:  # orbax raises many types for damaged files
         path = self.dirs["latest"] / str(step)
-        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        reason = load_error_reason(e)
         say(f"checkpoint of step {step} at {path} failed to load ({type(e).__name__}: {reason}); "
             f"moving it to {self.workdir / 'corrupt_checkpoints'} and trying the previous one")
         self._quarantine(step)
@@ -163,3 +167,35 @@ class Checkpoints:
     for m in self.managers.values():
       m.wait_until_finished()
       m.close()
+
+
+def load_error_reason(e: BaseException) -> str:
+  """One short line for a checkpoint that failed to load (orbax / TensorStore
+  errors append a many-line spec dump: cut at it)."""
+  text = str(e).strip()
+  if not text:
+    return type(e).__name__
+  text = text.splitlines()[0].split(" See full TensorStore details")[0]
+  return text[:200]
+
+
+@contextlib.contextmanager
+def _quiet_abandoned_reads():
+  """A damaged checkpoint fails one array read, and orbax abandons the other reads'
+  coroutines; Python then prints each one's exception ("Exception ignored in ...",
+  a traceback and a TensorStore spec dump: hundreds of lines) when they are
+  collected. The failure itself is raised and reported in one line; these copies of
+  it are dropped."""
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if isinstance(unraisable.exc_value, Exception) and "coroutine" in repr(unraisable.object):
+      return
+    previous(unraisable)
+
+  sys.unraisablehook = hook
+  try:
+    yield
+  finally:
+    gc.collect()   # collect the abandoned coroutines while the hook is in place
+    sys.unraisablehook = previous

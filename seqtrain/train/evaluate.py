@@ -27,7 +27,7 @@ from seqtrain.parallel import mesh as mesh_lib
 from seqtrain.train import config as config_lib
 from seqtrain.train import data as data_lib
 from seqtrain.train import steps as steps_lib
-from seqtrain.train.checkpoint import Checkpoints, abstract_like
+from seqtrain.train.checkpoint import Checkpoints, abstract_like, load_error_reason
 from seqtrain.train.plots import plot_confusion
 
 __all__ = ["evaluate_workdir", "EvalError"]
@@ -245,9 +245,9 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str |
     if os.environ.get("SEQTRAIN_DEBUG"):
       raise
     at = ckpts.dirs[which] / str(step if step is not None else ckpts.latest_step(which))
-    reason = (str(e).strip().splitlines() or [""])[0][:200]
+    reason = load_error_reason(e)
     raise EvalError(f"the {which} checkpoint at {at} failed to load ({type(e).__name__}"
-                    f"{': ' + reason if reason else ''}); try another: --checkpoint latest, "
+                    f"{': ' + reason if reason != type(e).__name__ else ''}); try another: --checkpoint latest, "
                     "best or a step") from None
   finally:
     ckpts.close()
