@@ -48,14 +48,12 @@ def final_params(workdir, channels=6, classes=4, step=None):
   from seqtrain.train.checkpoint import Checkpoints, abstract_like
   workdir = Path(workdir)
   config = config_lib.config_from_json((workdir / "config.json").read_text())
-  model = steps_lib.build_model(config, classes)
-  tx, _ = steps_lib.build_optimizer(config)
-  abstract = jax.eval_shape(lambda: steps_lib.init_state(model, tx, config, 8, channels))
-  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  from seqtrain.parallel.mesh import make_mesh
+  one_device = make_mesh(("data",), (1,), devices=jax.devices()[:1])
+  setup = steps_lib.build_train_state(config, classes, channels, one_device)
   ckpts = Checkpoints(workdir, async_save=False)
   try:
-    state, meta = ckpts.restore(abstract_like(abstract, jax.tree.map(lambda _: sharding, abstract)),
-                                "latest", step)
+    state, meta = ckpts.restore(abstract_like(setup.abstract, setup.sharding), "latest", step)
   finally:
     ckpts.close()
   return meta, jax.tree.leaves(jax.device_get(state.params))

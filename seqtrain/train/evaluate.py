@@ -217,11 +217,8 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str |
   bundle = data_lib.DataBundle(None, None, None, tuple(info["class_names"]), info["num_channels"],
                                normalizer, info["max_length"], "")
 
-  model = steps_lib.build_model(config, len(bundle.class_names))
-  tx, _ = steps_lib.build_optimizer(config)
-  abstract = jax.eval_shape(lambda: steps_lib.init_state(model, tx, config, 8,
-                                                         bundle.num_channels))
-  sharding = jax.tree.map(lambda _: mesh_lib.replicated(mesh), abstract)
+  setup = steps_lib.build_train_state(config, len(bundle.class_names), bundle.num_channels, mesh)
+  model, abstract, sharding = setup.model, setup.abstract, setup.sharding
   ckpts = Checkpoints(workdir, async_save=False)
   if checkpoint is None:
     checkpoint = "best" if config.train.select == "best" else "latest"

@@ -13,6 +13,8 @@ themselves. Parameters and optimizer state are replicated.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax
@@ -28,8 +30,9 @@ from seqtrain.models import SequenceClassifier
 from seqtrain.parallel import mesh as mesh_lib
 from seqtrain.train import config as config_lib
 
-__all__ = ["TrainState", "build_model", "build_optimizer", "init_state", "make_train_step",
-           "make_eval_step", "solver_options", "confusion_metrics"]
+__all__ = ["TrainState", "TrainSetup", "StepFns", "build_model", "build_optimizer", "init_state",
+           "build_train_state", "train_step", "make_train_step", "make_eval_step",
+           "solver_options", "confusion_metrics"]
 
 
 @flax.struct.dataclass
@@ -97,6 +100,32 @@ def init_state(model, tx, config, example_shape, channels: int) -> TrainState:
                     else run_rng, bad_steps=jnp.zeros((), jnp.int32))
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainSetup:
+  """Everything a run builds from its config before touching data: shared by
+  training, evaluation and the tests' checkpoint readers (``build_train_state``)."""
+  model: SequenceClassifier
+  tx: optax.GradientTransformation
+  lr_schedule: Callable
+  init: Callable[[], TrainState]   # pure: jit it with out_shardings=sharding
+  abstract: TrainState             # shapes and dtypes (jax.ShapeDtypeStruct leaves)
+  sharding: TrainState             # a NamedSharding per leaf (replicated)
+
+  def fresh(self) -> TrainState:
+    """A new state, born where it lives."""
+    return jax.jit(self.init, out_shardings=self.sharding)()
+
+
+def build_train_state(config, num_classes: int, channels: int, mesh) -> TrainSetup:
+  """Model, optimizer and the abstract / sharded train state of ``config``."""
+  model = build_model(config, num_classes)
+  tx, lr_schedule = build_optimizer(config)
+  init = lambda: init_state(model, tx, config, 8, channels)
+  abstract = jax.eval_shape(init)
+  sharding = jax.tree.map(lambda _: mesh_lib.replicated(mesh), abstract)
+  return TrainSetup(model, tx, lr_schedule, init, abstract, sharding)
+
+
 def _flat_stats(mutable: dict) -> dict:
   """Solver statistics by layer; an ensemble's per-member values reduced like examples'."""
   flat = traverse_util.flatten_dict(mutable.get("solver_stats", {}), sep="/")
@@ -160,72 +189,93 @@ def augment(inputs, rng, scale: float, jitter: float, block: Any = None):
   return out
 
 
+@dataclasses.dataclass(frozen=True)
+class StepFns:
+  """What a train step closes over: the model, the optimizer and the mesh (static)."""
+  model: Any
+  tx: optax.GradientTransformation
+  mesh: Any
+  lr_schedule: Callable
+  augment_scale: float = 0.0
+  augment_jitter: float = 0.0
+
+
+def shard_gradients(fns: StepFns, params, batch: dict, rng):
+  """One device's rows (and, on a ``seq`` mesh, time block) -> (grads, metrics) summed
+  over the mesh: runs inside ``jax.shard_map`` (``train_step``)."""
+  seq = mesh_lib.seq_axis(fns.mesh)
+  rng, aug_rng = jax.random.split(rng)
+  # each data shard draws its own augmentation noise
+  aug_rng = jax.random.fold_in(aug_rng, jax.lax.axis_index("data"))
+  block = None
+  if seq:
+    # gradients of the loss (replicated over seq) w.r.t. data-varying parameters:
+    # this device's rows, summed over the time blocks by the transposes; dropout
+    # masks differ between blocks
+    params = jax.lax.pcast(params, "data", to="varying")
+    block = jax.lax.axis_index(seq)
+    rng = jax.random.fold_in(rng, block)
+  inputs = augment(batch["inputs"], aug_rng, fns.augment_scale, fns.augment_jitter, block)
+
+  def loss_fn(p):
+    logits, mutable = fns.model.apply({"params": p}, inputs, batch["lengths"], train=True,
+                                      rngs={"dropout": rng}, mutable=["solver_stats"])
+    logits = logits.astype(jnp.float32)
+    if logits.ndim == 3:   # an ensemble: every member learns on its own loss
+      ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+          logits, batch["labels"][None]), axis=0)
+      logits = jax.nn.logsumexp(jax.nn.log_softmax(logits), axis=0)  # mean probability
+    else:
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
+    return jnp.sum(ce * batch["mask"]), (logits, _flat_stats(mutable))
+
+  (loss_sum, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  correct = jnp.sum((jnp.argmax(logits, -1) == batch["labels"]) * batch["mask"])
+  stat_sums, stat_maxes = _split_stats(stats)
+  totals = _reduce({"grads": grads, "loss": loss_sum, "correct": correct,
+                    "count": jnp.sum(batch["mask"]), "stats": stat_sums}, stat_maxes, "data")
+  count = totals["count"]
+  grads = jax.tree.map(lambda g, g0: (g / count).astype(g0.dtype), totals["grads"], grads)
+  metrics = {"loss": totals["loss"] / count, "accuracy": totals["correct"] / count}
+  metrics.update(_fix_converged({**totals["stats"], **{k: totals[k] for k in stat_maxes}}))
+  return grads, metrics
+
+
+def apply_gradients(fns: StepFns, state: TrainState, grads, metrics: dict):
+  """The optimizer update; a non-finite loss or gradient skips it (counted)."""
+  grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+  ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+  updates, opt_state = fns.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+  new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                            opt_state=keep(opt_state, state.opt_state),
+                            bad_steps=jnp.where(ok, 0, state.bad_steps + 1))
+  metrics = dict(metrics, grad_norm=grad_norm, learning_rate=fns.lr_schedule(state.step),
+                 skipped=(~ok).astype(jnp.int32), bad_steps=new_state.bad_steps)
+  return new_state, metrics
+
+
+def train_step(fns: StepFns, state: TrainState, batch: dict):
+  """(state, batch) -> (state, metrics): gradients in one shard_map over the mesh,
+  then the update on the replicated state. Jit it with ``fns`` bound
+  (``make_train_step``); batch arrays sharded as ``mesh.batch_sharding``."""
+  seq = mesh_lib.seq_axis(fns.mesh)
+  rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  grads, metrics = jax.shard_map(
+      functools.partial(shard_gradients, fns), mesh=fns.mesh,
+      in_specs=(P(), mesh_lib.batch_specs(fns.mesh, tuple(batch)), P()),
+      out_specs=(P(), P()), check_vma=seq is not None)(state.params, batch,
+                                                       jax.random.key_data(rng))
+  return apply_gradients(fns, state, grads, metrics)
+
+
 def make_train_step(model, tx, mesh, lr_schedule: Callable, *, augment_scale: float = 0.0,
                     augment_jitter: float = 0.0) -> Callable:
-  """(state, batch) -> (state, metrics); batch arrays sharded over ``data``.
+  """``train_step`` with its static parts bound: (state, batch) -> (state, metrics).
   ``augment_scale`` / ``augment_jitter``: see :func:`augment`."""
-
-  seq = mesh_lib.seq_axis(mesh)
-
-  def per_shard(params, batch, rng):
-    rng, aug_rng = jax.random.split(rng)
-    # each data shard draws its own augmentation noise
-    aug_rng = jax.random.fold_in(aug_rng, jax.lax.axis_index("data"))
-    block = None
-    if seq:
-      # gradients of the loss (replicated over seq) w.r.t. data-varying parameters:
-      # this device's rows, summed over the time blocks by the transposes; dropout
-      # masks differ between blocks
-      params = jax.lax.pcast(params, "data", to="varying")
-      block = jax.lax.axis_index(seq)
-      rng = jax.random.fold_in(rng, block)
-    inputs = augment(batch["inputs"], aug_rng, augment_scale, augment_jitter, block)
-
-    def loss_fn(p):
-      logits, mutable = model.apply({"params": p}, inputs, batch["lengths"], train=True,
-                                    rngs={"dropout": rng}, mutable=["solver_stats"])
-      logits = logits.astype(jnp.float32)
-      if logits.ndim == 3:   # an ensemble: every member learns on its own loss
-        ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
-            logits, batch["labels"][None]), axis=0)
-        logits = jax.nn.logsumexp(jax.nn.log_softmax(logits), axis=0)  # mean probability
-      else:
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
-      return jnp.sum(ce * batch["mask"]), (logits, _flat_stats(mutable))
-
-    (loss_sum, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    correct = jnp.sum((jnp.argmax(logits, -1) == batch["labels"]) * batch["mask"])
-    stat_sums, stat_maxes = _split_stats(stats)
-    totals = _reduce({"grads": grads, "loss": loss_sum, "correct": correct,
-                      "count": jnp.sum(batch["mask"]), "stats": stat_sums}, stat_maxes, "data")
-    count = totals["count"]
-    grads = jax.tree.map(lambda g, g0: (g / count).astype(g0.dtype), totals["grads"], grads)
-    metrics = {"loss": totals["loss"] / count, "accuracy": totals["correct"] / count}
-    metrics.update(_fix_converged({**totals["stats"],
-                                   **{k: totals[k] for k in stat_maxes}}))
-    return grads, metrics
-
-  def grads_fn(params, batch, rng):
-    return jax.shard_map(per_shard, mesh=mesh,
-                         in_specs=(P(), mesh_lib.batch_specs(mesh, tuple(batch)), P()),
-                         out_specs=(P(), P()), check_vma=seq is not None)(params, batch, rng)
-
-  def step(state: TrainState, batch: dict):
-    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    grads, metrics = grads_fn(state.params, batch, jax.random.key_data(rng))
-    grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
-    ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-    new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
-                              opt_state=keep(opt_state, state.opt_state),
-                              bad_steps=jnp.where(ok, 0, state.bad_steps + 1))
-    metrics.update(grad_norm=grad_norm, learning_rate=lr_schedule(state.step),
-                   skipped=(~ok).astype(jnp.int32), bad_steps=new_state.bad_steps)
-    return new_state, metrics
-
-  return step
+  return functools.partial(train_step, StepFns(model, tx, mesh, lr_schedule, augment_scale,
+                                               augment_jitter))
 
 
 def make_eval_step(model, mesh, num_classes: int) -> Callable:

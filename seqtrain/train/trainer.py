@@ -233,12 +233,10 @@ def _train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chan
     config_lib.write_json_atomic(workdir / "data.json", json.dumps(bundle.info(), indent=2))
 
   # --- model, optimizer, state --------------------------------------------------------------
-  model = steps_lib.build_model(config, len(bundle.class_names))
-  tx, lr_schedule = steps_lib.build_optimizer(config)
+  setup = steps_lib.build_train_state(config, len(bundle.class_names), bundle.num_channels, mesh)
+  model, tx, lr_schedule = setup.model, setup.tx, setup.lr_schedule
+  abstract, state_sharding = setup.abstract, setup.sharding
   replicated = mesh_lib.replicated(mesh)
-  init = lambda: steps_lib.init_state(model, tx, config, 8, bundle.num_channels)
-  abstract = jax.eval_shape(init)
-  state_sharding = jax.tree.map(lambda _: replicated, abstract)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
   seq_devices = mesh_lib.seq_axis_size(mesh)
   solver_by_length, solver_line = solver_plan(config.model.solver.method,
@@ -261,7 +259,7 @@ def _train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chan
     best_loss = float(meta.get("best_loss", float("inf")))
     say(f"resumed from {checkpoints.dirs['latest'] / str(latest)} (step {latest})")
   else:
-    state = jax.jit(init, out_shardings=state_sharding)()
+    state = setup.fresh()
   start_step = int(jax.device_get(state.step))
 
   # --- compiled steps -----------------------------------------------------------------------
