@@ -67,8 +67,8 @@ def test_grid_gradient_pass_and_skips(monkeypatch):
   assert bench._dense_bytes("deer", "grad", 16, 1000, 8) == 0  # shoot adjoint: (C, D, D)
   assert bench._dense_bytes("deer", "forward", 16, 1000, 8) == 0
   assert bench._dense_bytes("quasi_elk", "grad", 16, 1000, 8) == 0
-  monkeypatch.setattr(bench, "_dense_bytes",
-                      lambda method, *a: 1 << 60 if method == "elk" else 0)
+  from seqtrain.bench import grid
+  monkeypatch.setattr(grid, "_dense_bytes", lambda method, *a: 1 << 60 if method == "elk" else 0)
   lines = []
   # (flax_rnn: the gradient path at the lowest compile cost; the solvers' gradients
   # against sequential are the business of run_check and the solver tests)

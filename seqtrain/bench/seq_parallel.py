@@ -62,7 +62,7 @@ def _programs(d: int, n: int, method: str, options: dict):
 
 
 def _memory(fn, *args) -> dict:
-  from seqtrain.bench import compiled_memory
+  from seqtrain.bench.common import compiled_memory
   m = compiled_memory(fn.lower(*args).compile())
   m["temp_plus_output"] = (m["temp_bytes"] or 0) + (m["output_bytes"] or 0)
   return m
@@ -73,7 +73,7 @@ def run_seq_parallel(*, P: Sequence[int] = (1, 2, 4, 8), T: int = 2 ** 20, batch
                      repeats: int = 3, log=print) -> list[dict]:
   import jax
   import jax.numpy as jnp
-  from seqtrain.bench import _max_abs_diff, _rel_tree_error, _solver_stats
+  from seqtrain.bench.common import _max_abs_diff, _rel_tree_error, _solver_stats
 
   options = {}
   available = jax.device_count()
@@ -137,7 +137,7 @@ def _line(r: dict) -> str:
 
 
 def seq_parallel_markdown(rows: list[dict], env: dict | None = None) -> str:
-  from seqtrain.bench import _env_lines
+  from seqtrain.bench.common import _env_lines
   r0 = next((r for r in rows if "skipped" not in r), {})
   out = ["# Sequence parallelism: one sequence over P devices", ""] + _env_lines(env) + [
       f"ParallelRNN(GRU-{r0.get('D')}), {r0.get('method')}, batch {r0.get('batch')}. Memory: "
@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={args.cpu_devices}")
   import jax
-  from seqtrain.bench import _write_json_markdown, default_out_dir, environment_info
+  from seqtrain.bench.common import _write_json_markdown, default_out_dir, environment_info
   bad = [p for p in args.P if p < 1]
   if bad or args.T < 1 or args.check_T < 1:
     parser.error(f"--P, --T and --check-T take positive integers (got {args.P}, {args.T}, "

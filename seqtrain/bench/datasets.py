@@ -78,7 +78,7 @@ def _acc(v) -> str:
 
 
 def table_markdown(rows: list[dict], env: dict | None = None) -> str:
-  from seqtrain.bench import _env_lines
+  from seqtrain.bench.common import _env_lines
   lines = ["# Default recipe vs 1-NN baselines", "", *_env_lines(env),
            "| dataset | length | classes | seqtrain | 1-NN ED | 1-NN DTW | time |",
            "|---|---:|---:|---:|---:|---:|---:|"]
@@ -102,7 +102,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, overrides: Sequence[str], argv: Sequence[str] | None) -> int:
-  from seqtrain.bench import default_out_dir, environment_info, write_json
+  from seqtrain.bench.common import default_out_dir, environment_info, write_json
   from seqtrain.train import config as config_lib
   for spec in args.datasets:       # every argument and config checked before anything trains
     config_lib.load_config(args.config, [*dataset_overrides(spec)[1], *overrides])

@@ -1,0 +1,155 @@
+"""Training steps/s of the papers' EigenWorms classifier per method (``run_training``)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from seqtrain.bench.common import (Log, PERSTEP_VARIANTS, TRAIN_METHODS, _env_lines, _fmt, _fmt_ms,
+                                   _mb, _say, _short_error, _write_json_markdown, compiled_memory,
+                                   device_peak_bytes, solver_variant)
+
+
+# --------------------------------------------------------------------------------------------
+# Training steps/s
+# --------------------------------------------------------------------------------------------
+
+def run_training(*, T: int = 17_984, batch: int = 4, steps: int = 5,
+                 methods: Sequence[str] = TRAIN_METHODS, depth: int = 5, width: int = 32,
+                 channels: int = 6, num_classes: int = 5, cell: str = "gru", lr: float = 3e-5,
+                 seed: int = 0, time_limit: float | None = 60.0,
+                 deadline_s: float | None = None, log: Log = _say) -> list[dict]:
+  """Steps/s of the papers' EigenWorms classifier per method, on random data.
+
+  ``SequenceClassifier(num_classes, width, depth, cell, pooling="mean_logits",
+  mlp_ratio=1)``; a full train step (``seqtrain.train.steps.make_train_step``
+  on a one-device mesh: loss, exact gradients, global-norm clip 1.0, Adam).
+  Every method starts from the same parameters. One warm-up step (timed
+  separately, after compilation), then up to ``steps`` individually timed
+  steps (fewer when they would exceed ``time_limit``). Rows: method, status,
+  compile_s, warmup_s, step_s (median), steps_per_s, speedup (sequential's
+  step_s / step_s), iterations (max over layers, last step), fallbacks,
+  loss_first / loss_last, temp_bytes.
+  """
+  import flax
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from seqtrain.models import SequenceClassifier
+  from seqtrain.parallel.mesh import host_to_global, make_mesh, replicated
+  from seqtrain.solvers import canonical_method
+  from seqtrain.train.steps import TrainState, make_train_step
+
+  methods = [m if m in PERSTEP_VARIANTS else canonical_method(m) for m in methods]
+  mesh = make_mesh(("data",), (1,), devices=jax.devices()[:1])
+  rng = np.random.default_rng(seed)
+  data = host_to_global({
+      "inputs": rng.standard_normal((batch, T, channels)).astype(np.float32),
+      "lengths": np.full((batch,), T, np.int32),
+      "labels": rng.integers(0, num_classes, batch).astype(np.int32),
+      "mask": np.ones((batch,), np.float32)}, mesh)
+  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr))
+  schedule = optax.constant_schedule(lr)
+
+  def model_for(method):
+    base, options = solver_variant(method)
+    return SequenceClassifier(num_classes=num_classes, width=width, depth=depth, cell=cell,
+                              method=base, solver_options=options, pooling="mean_logits",
+                              mlp_ratio=1)
+
+  t_init = min(T, 8)
+  params = model_for("sequential").init(jax.random.PRNGKey(seed),
+                                        jnp.zeros((1, t_init, channels), jnp.float32),
+                                        jnp.full((1,), t_init, jnp.int32))["params"]
+  params = flax.core.meta.unbox(params)
+  state0 = jax.device_put(
+      TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                 rng=jax.random.PRNGKey(seed + 1), bad_steps=jnp.zeros((), jnp.int32)),
+      replicated(mesh))
+  start = time.perf_counter()
+  rows: list[dict] = []
+  for method in methods:
+    row: dict[str, Any] = {"method": method, "T": T, "batch": batch, "depth": depth,
+                           "width": width, "cell": cell, "channels": channels, "status": "ok",
+                           "reason": None}
+    if deadline_s is not None and time.perf_counter() - start > deadline_s:
+      row.update(status="skipped", reason=f"deadline (--deadline-s {deadline_s:g}) reached")
+      rows.append(row)
+      log(_train_line(row))
+      continue
+    try:
+      step = jax.jit(make_train_step(model_for(method), tx, mesh, schedule))
+      t0 = time.perf_counter()
+      compiled = step.lower(state0, data).compile()
+      row["compile_s"] = time.perf_counter() - t0
+      row.update(compiled_memory(compiled))
+      t0 = time.perf_counter()
+      state, metrics = compiled(state0, data)
+      jax.block_until_ready((state, metrics))
+      row["warmup_s"] = warm = time.perf_counter() - t0
+      row["loss_first"] = float(metrics["loss"])
+      n = max(1, int(steps))
+      if time_limit is not None and warm * n > time_limit:
+        n = max(1, min(n, int(time_limit // max(warm, 1e-9))))
+      times = []
+      for _ in range(n):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, data)
+        jax.block_until_ready((state, metrics))
+        times.append(time.perf_counter() - t0)
+      row.update(step_s=float(np.median(times)), times_s=times, steps=n,
+                 steps_per_s=1.0 / float(np.median(times)), loss_last=float(metrics["loss"]),
+                 skipped_updates=int(metrics["skipped"]), peak_bytes=device_peak_bytes())
+      its = [int(v) for k, v in metrics.items() if k.endswith("iterations")]
+      fbs = [int(v) for k, v in metrics.items() if k.endswith("fallbacks")]
+      row["iterations"] = max(its) if its else None
+      row["fallbacks"] = sum(fbs) if fbs else None
+      del state, metrics
+    except Exception as e:  # one failing method must not stop the others
+      row.update(status="failed", reason=_short_error(e))
+    rows.append(row)
+    log(_train_line(row))
+  seq = next((r for r in rows if r["method"] == "sequential" and r["status"] == "ok"), None)
+  for r in rows:
+    if seq is not None and r["status"] == "ok":
+      r["speedup"] = seq["step_s"] / r["step_s"]
+  return rows
+
+
+def _train_line(r: dict) -> str:
+  head = f"train {r['method']:<18} T={r['T']} B={r['batch']} depth={r['depth']}"
+  if r["status"] != "ok":
+    return f"{head} {r['status']}: {r['reason']}"
+  return (f"{head} {_fmt_ms(r['step_s']):>8} ms/step  {r['steps_per_s']:.3g} steps/s  "
+          f"it={_fmt(r.get('iterations'), 'd')} compile={r['compile_s']:.1f}s n={r['steps']}")
+
+
+def training_markdown(rows: list[dict], env: dict | None = None) -> str:
+  lines = ["# Training benchmark", ""] + _env_lines(env)
+  if rows:
+    r0 = rows[0]
+    lines += [f"SequenceClassifier({r0['cell']}, width {r0['width']}, depth {r0['depth']}, "
+              f"mean_logits), T={r0['T']}, batch {r0['batch']}, {r0['channels']} channels, "
+              "random data; full train step (exact gradients, clip 1.0, Adam).", ""]
+  lines += ["| method | ms/step | steps/s | speedup vs sequential | iters | fallbacks | compile s "
+            "| scratch MiB | loss first -> last | status |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+  for r in rows:
+    status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}"
+    loss = (f"{r['loss_first']:.4f} -> {r['loss_last']:.4f}" if r.get("loss_last") is not None
+            else "-")
+    lines.append(f"| {r['method']} | {_fmt_ms(r.get('step_s'))} | "
+                 f"{_fmt(r.get('steps_per_s'), '.3g')} | {_fmt(r.get('speedup'), '.2f')} | "
+                 f"{_fmt(r.get('iterations'), 'd')} | {_fmt(r.get('fallbacks'), 'd')} | "
+                 f"{_fmt(r.get('compile_s'), '.1f')} | {_mb(r.get('temp_bytes'))} | {loss} | "
+                 f"{status} |")
+  return "\n".join(lines)
+
+
+def write_training_report(rows: list[dict], env: dict, out_dir: str | Path,
+                          settings: dict | None = None) -> dict:
+  return _write_json_markdown(out_dir, "training", "training", rows, env, settings,
+                              training_markdown(rows, env))
