@@ -31,30 +31,25 @@ grid and the correctness gate), ``training``, ``stability``, ``report`` (summary
 ``commands`` (argument parsers and entry points), ``seq_parallel`` (``seqtrain bench
 seq-parallel``), ``datasets`` (``seqtrain bench datasets``), ``demo`` (``seqtrain demo``).
 """
-# Re-exported so that ``from seqtrain import bench; bench.run_grid(...)`` keeps working.
-from seqtrain.bench.common import (  # noqa: F401
-    SOLVER_METHODS, PERSTEP_VARIANTS, BASELINES, GRID_METHODS, _METHOD_ALIASES,
-    DEFAULT_GRID_METHODS, TRAIN_METHODS, CELLS, Log, _say, _version, _git_commit, environment_info,
-    device_slug, default_out_dir, compiled_memory, device_peak_bytes, device_memory_limit,
-    default_memory_budget, time_calls, _Skip, _gb, _short_error, canonical_grid_method,
-    _solver_stats, _max_abs_diff, _rel_tree_error, solver_variant, _fmt_ms, _fmt, _jsonable,
-    write_json, _env_lines, _mb, _pyplot, _write_json_markdown)
-from seqtrain.bench.grid import (  # noqa: F401
-    _torch_cuda, _cell_module, _dense_bytes, _jax_program, _run_jax_row, torch_rnn_from_flax,
-    _to_torch, _run_torch_row, _GRID_FIELDS, run_grid, _row_line, run_check, grid_markdown,
-    plot_grid, write_grid_report, write_check_report)
-from seqtrain.bench.training import (  # noqa: F401
-    run_training, _train_line, training_markdown, write_training_report)
-from seqtrain.bench.stability import (  # noqa: F401
-    lorenz96_step, lorenz96_problem, expansive_rnn_problem, STABILITY_SYSTEMS, STABILITY_METHODS,
-    stability_variants, run_stability, _run_stability, _stability_line, stability_markdown,
-    write_stability_report)
-from seqtrain.bench.report import (  # noqa: F401
-    _pivot, summarize)
-from seqtrain.bench.commands import (  # noqa: F401
-    _int_list, _float_list, _str_list, _grid_methods, _solver_methods, _systems, _cells,
-    SMOKE_GRID, SMOKE_CHECK, add_grid_arguments, add_bench_command, run_bench, main_solvers,
-    training_parser, main_training, stability_parser, main_stability, main_report)
+# The public names (and the few helpers the benchmarks/ scripts and tests use), so that
+# ``from seqtrain import bench; bench.run_grid(...)`` keeps working.
+from seqtrain.bench.common import (SOLVER_METHODS, PERSTEP_VARIANTS, BASELINES, GRID_METHODS,
+                                   DEFAULT_GRID_METHODS, TRAIN_METHODS, CELLS, Log,
+                                   environment_info, device_slug, default_out_dir, compiled_memory,
+                                   device_peak_bytes, device_memory_limit, default_memory_budget,
+                                   time_calls, canonical_grid_method, solver_variant, write_json,
+                                   _env_lines, _write_json_markdown)
+from seqtrain.bench.grid import (_dense_bytes, torch_rnn_from_flax, run_grid, run_check,
+                                 grid_markdown, plot_grid, write_grid_report, write_check_report)
+from seqtrain.bench.training import (run_training, training_markdown, write_training_report)
+from seqtrain.bench.stability import (lorenz96_step, lorenz96_problem, expansive_rnn_problem,
+                                      STABILITY_SYSTEMS, STABILITY_METHODS, stability_variants,
+                                      run_stability, stability_markdown, write_stability_report)
+from seqtrain.bench.report import summarize
+from seqtrain.bench.commands import (_int_list, _solver_methods, SMOKE_GRID, SMOKE_CHECK,
+                                     add_grid_arguments, add_bench_command, run_bench, main_solvers,
+                                     training_parser, main_training, stability_parser,
+                                     main_stability, main_report)
 
 __all__ = [
     "SOLVER_METHODS", "PERSTEP_VARIANTS", "BASELINES", "GRID_METHODS", "DEFAULT_GRID_METHODS",

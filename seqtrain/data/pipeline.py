@@ -30,9 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import sys
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import grain
 import numpy as np
@@ -97,10 +96,6 @@ class Normalizer:
     std = np.sqrt(np.maximum(sq / count - mean * mean, 0.0))
     std = np.where(std > 1e-8 * np.maximum(1.0, np.abs(mean)), std, 1.0)
     return cls(tuple(float(m) for m in mean), tuple(float(s) for s in std))
-
-  @classmethod
-  def identity(cls, channels: int) -> "Normalizer":
-    return cls((0.0,) * channels, (1.0,) * channels)
 
   def __call__(self, x: np.ndarray) -> np.ndarray:
     if x.shape[-1] != len(self.mean):
@@ -286,6 +281,3 @@ def eval_dataset(source: Source, *, global_batch_size: int, shard: ShardInfo = S
                                                             prefetch_buffer_size=4))
 
 
-def iterator_state_json(it: Any) -> str:
-  """The iterator state as JSON text (for logs and the workdir)."""
-  return json.dumps(it.get_state(), sort_keys=True)

@@ -50,7 +50,6 @@ DEFAULT_SIZES: dict[str, int] = {"train": 1024, "validation": 256, "test": 256}
 
 # Stream ids: distinct values keep the per-example streams independent.
 _LABEL, _LENGTH, _NUISANCE, _NOISE, _STRUCTURE = range(5)
-_MASK64 = (1 << 64) - 1
 
 
 # ---------------------------------------------------------------- validation

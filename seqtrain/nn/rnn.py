@@ -166,7 +166,7 @@ class ParallelRNN(nn.Module):
 
     if reverse:
       x = flip_sequences(x, seq_lengths, num_batch_dims=nb, time_major=False)
-    if self.is_initializing() and not self.cell.has_variable("params", "_"):
+    if self.is_initializing():
       # Create the cell's parameters exactly as nn.RNN does (one call of the cell).
       self.cell(carry0, jnp.take(x, 0, axis=nb))
     params = self.cell.variables.get("params", FrozenDict())

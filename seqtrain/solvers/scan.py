@@ -48,11 +48,6 @@ class DiagOps:
     """a^{-1} b for matrix-shaped b (here: elementwise)."""
     return b / a
 
-  @staticmethod
-  def diag_of(a):
-    return a
-
-
 class DenseOps:
   """Linear algebra on dense matrices (last two axes), full precision."""
 
@@ -101,11 +96,6 @@ class DenseOps:
       return a, b
 
     return lax.fori_loop(0, d, body, (a, b))[1]
-
-  @staticmethod
-  def diag_of(a):
-    return jnp.diagonal(a, axis1=-2, axis2=-1)
-
 
 def ops_for(kind: str):
   if kind == "diag":

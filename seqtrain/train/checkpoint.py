@@ -70,9 +70,6 @@ class Checkpoints:
     self.managers = {"latest": manager(self.dirs["latest"], keep, "latest"),
                      "best": manager(self.dirs["best"], 1, "best")}
 
-  def steps(self, which: str = "latest") -> list[int]:
-    return list(self.managers[which].all_steps())
-
   def latest_step(self, which: str = "latest") -> int | None:
     return self.managers[which].latest_step()
 
@@ -151,13 +148,6 @@ class Checkpoints:
       src.rename(dst_dir / f"{step}-{int(time.time())}")
     _sync(f"seqtrain_quarantine_{step}")
     self.managers["latest"].reload()
-
-  def read_meta(self, which: str = "latest", step: int | None = None) -> dict | None:
-    mngr = self.managers[which]
-    step = mngr.latest_step() if step is None else step
-    if step is None:
-      return None
-    return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
   def wait(self):
     for m in self.managers.values():

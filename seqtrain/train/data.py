@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ from seqtrain.data import pipeline, sources
 from seqtrain.data.pipeline import Normalizer, ShardInfo
 from seqtrain.data.ts import DataFormatError
 
-__all__ = ["Subset", "Concat", "DataBundle", "build_data", "data_signature", "synthetic_split",
+__all__ = ["Subset", "Concat", "DataBundle", "build_data", "synthetic_split",
            "train_pad_lengths", "baseline_report"]
 
 
@@ -192,5 +191,3 @@ def eval_batches(source, bundle: DataBundle, config, shard: ShardInfo):
                                max_length=d.max_length or None, read_threads=d.read_threads)
 
 
-def data_signature(bundle: DataBundle) -> str:
-  return json.dumps({"class_names": list(bundle.class_names), "channels": bundle.num_channels})
