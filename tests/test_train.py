@@ -332,3 +332,20 @@ def test_confusion_plot_title_fits_with_two_classes(tmp_path):
   finally:
     plt.Figure.savefig = real_savefig
   assert seen["inside"] and (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_shipped_configs_resolve_from_any_folder(tmp_path, monkeypatch):
+  """The configs are installed with the package: by name, or as configs/NAME.py from a
+  folder that has no configs/ of its own; a file at the given path wins."""
+  monkeypatch.chdir(tmp_path)
+  for spec in ("basic_motions", "configs/basic_motions.py", "configs/long_context.py:4096"):
+    config = config_lib.load_config(spec)
+    assert config.train.steps >= 1
+  assert config_lib.load_config("configs/long_context.py:4096").data.length == 4096
+  own = tmp_path / "configs" / "basic_motions.py"
+  own.parent.mkdir()
+  own.write_text("from seqtrain.train.config import base_config\n"
+                 "def get_config():\n  c = base_config()\n  c.train.steps = 7\n  return c\n")
+  assert config_lib.load_config("configs/basic_motions.py").train.steps == 7
+  with pytest.raises(config_lib.ConfigError, match="long_context, synthetic_long"):
+    config_lib.load_config("configs/nope.py")

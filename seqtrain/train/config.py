@@ -23,7 +23,7 @@ __all__ = ["ConfigError", "base_config", "load_config", "apply_overrides", "vali
            "config_to_json", "config_from_json", "config_from_dict", "config_diff",
            "SHAPE_FIELDS", "CONFIGS_DIR"]
 
-CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"   # installed with the package
 # The solver's names come from its SolverSpec module (no JAX imported to read a config).
 from seqtrain.solvers.spec import SolverSpec  # noqa: E402
 CELLS = ("gru", "lstm", "simple", "diag_gru", "diag_lstm", "lru")
@@ -129,16 +129,20 @@ def _import_config_file(path: Path):
 
 
 def resolve_config_path(spec: str) -> tuple[Path, str | None]:
-  """``"configs/x.py:arg"`` or a bare name ``"x"`` (looked up in the repository's configs/)."""
+  """``"path/to/x.py:arg"``, or a shipped config by name (``"x"``) or as ``"configs/x.py"``
+  from any folder (the package's seqtrain/configs; a file at that path wins)."""
   path, colon, arg = spec.partition(":")
   if colon and not arg:
     raise ConfigError(f"config {spec!r}: empty variant after ':' (write {path} alone, or "
                       f"{path}:VARIANT)")
   p = Path(path).expanduser()
-  if not p.exists() and not path.endswith(".py") and (CONFIGS_DIR / f"{path}.py").exists():
-    p = CONFIGS_DIR / f"{path}.py"
+  if not p.exists():
+    shipped = CONFIGS_DIR / (p.name if path.endswith(".py") else f"{path}.py")
+    if (not path.endswith(".py") or p.parent.name == "configs") and shipped.is_file():
+      p = shipped
   if not p.is_file():
-    known = sorted(f.stem for f in CONFIGS_DIR.glob("*.py")) if CONFIGS_DIR.is_dir() else []
+    known = sorted(f.stem for f in CONFIGS_DIR.glob("*.py") if f.stem != "__init__") \
+        if CONFIGS_DIR.is_dir() else []
     raise ConfigError(f"config file {path!r} not found" +
                       (f" (configs: {', '.join(known)})" if known else ""))
   return p, (arg or None)
