@@ -133,3 +133,16 @@ def test_japanese_vowels_end_to_end():
   assert all(b["inputs"].shape == (16, 26, 12) for b in batches)
   test = list(eval_dataset(s.test, global_batch_size=64, normalizer=norm))
   assert sum(int(b["mask"].sum()) for b in test) == 370
+
+
+def test_normalizer_statistics_survive_a_large_offset():
+  """Per-series moments combined pairwise: a channel at 1e6 +- 1 keeps std 1 (the sum of
+  squares minus the squared mean cancels to 0 or garbage there)."""
+  rng = np.random.default_rng(0)
+  series = [np.stack([1e6 + rng.normal(size=200), rng.normal(size=200) * 3.0], -1)
+            for _ in range(20)]
+  source = [{"series": s.astype(np.float64)} for s in series]
+  norm = Normalizer.fit(source)
+  ref = np.concatenate(series)
+  np.testing.assert_allclose(norm.mean, ref.mean(0), rtol=1e-12)
+  np.testing.assert_allclose(norm.std, ref.std(0), rtol=1e-6)

@@ -258,7 +258,7 @@ def test_shipped_configs_load(name):
 
 def test_tfds_format_feeds_the_same_batches(tmp_path):
   from seqtrain.data.pipeline import ShardInfo
-  from seqtrain.train import data as data_lib
+  from seqtrain.train import input_pipeline as data_lib
   batches = {}
   for fmt in ("memory", "tfds"):
     config = config_lib.load_config("configs/japanese_vowels.py",
@@ -274,7 +274,7 @@ def test_tfds_format_feeds_the_same_batches(tmp_path):
 
 
 def test_tfds_runs_reuse_what_data_prepare_wrote(tmp_path, monkeypatch, capsys):
-  from seqtrain.train import data as data_lib
+  from seqtrain.train import input_pipeline as data_lib
   monkeypatch.setenv("SEQTRAIN_DATA_DIR", str(tmp_path / "cache"))
   assert cli.main(["data", "prepare", "BasicMotions", "--quiet"]) == 0
   files = sorted((tmp_path / "cache" / "tfds").rglob("*.array_record*"))

@@ -39,6 +39,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from seqtrain.data.moments import Moments
 from seqtrain.data.ts import DataFormatError, SeriesDataset
 
 __all__ = ["add_data_commands", "run_data", "inspect_report", "list_report", "EXIT_ERROR"]
@@ -401,39 +402,11 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- inspect
 
 
-class _Moments:
-  """Per-channel count / min / max / mean / variance, combined series by series
-  (Chan et al.), ignoring NaN."""
-
-  def __init__(self, channels: int):
-    self.n = np.zeros(channels, np.int64)
-    self.missing = np.zeros(channels, np.int64)
-    self.mean = np.zeros(channels)
-    self.m2 = np.zeros(channels)
-    self.lo = np.full(channels, np.nan)
-    self.hi = np.full(channels, np.nan)
-
-  def add(self, x: np.ndarray) -> None:
-    x = np.asarray(x, np.float64)
-    valid = ~np.isnan(x)
-    n_b = valid.sum(0)
-    self.missing += x.shape[0] - n_b
-    if not n_b.any():
-      return
-    safe = np.maximum(n_b, 1)
-    mean_b = np.where(valid, x, 0.0).sum(0) / safe
-    m2_b = np.where(valid, (x - mean_b) ** 2, 0.0).sum(0)
-    n = self.n + n_b
-    delta = mean_b - self.mean
-    frac = np.where(n > 0, n_b / np.maximum(n, 1), 0.0)
-    self.mean = self.mean + delta * frac
-    self.m2 = self.m2 + m2_b + delta ** 2 * self.n * frac
-    self.n = n
-    self.lo = np.fmin(self.lo, np.fmin.reduce(x, axis=0))
-    self.hi = np.fmax(self.hi, np.fmax.reduce(x, axis=0))
+class _Moments(Moments):
+  """``Moments`` with the inspect report's views."""
 
   def channels(self) -> list[dict]:
-    std = np.sqrt(self.m2 / np.maximum(self.n, 1))
+    std = self.std()
     return [{"channel": c, "min": _finite(self.lo[c]), "max": _finite(self.hi[c]),
              "mean": _finite(self.mean[c]) if self.n[c] else None,
              "std": _finite(std[c]) if self.n[c] else None, "missing": int(self.missing[c])}

@@ -36,6 +36,8 @@ from typing import Protocol, Sequence
 import grain
 import numpy as np
 
+from seqtrain.data.moments import Moments
+
 __all__ = ["Source", "Normalizer", "stratified_split", "ShardInfo", "train_dataset",
            "eval_dataset", "num_eval_batches", "pad_length_fn"]
 
@@ -81,19 +83,12 @@ class Normalizer:
       raise ValueError("cannot fit normalisation statistics on an empty training split")
     idx = np.arange(n) if n <= max_examples else np.sort(
         np.random.default_rng(seed).choice(n, max_examples, replace=False))
-    total = count = sq = None
+    moments = None
     for i in idx:
       x = np.asarray(source[int(i)]["series"], np.float64)
-      ok = ~np.isnan(x)
-      xs = np.where(ok, x, 0.0)
-      if total is None:
-        total, count, sq = np.zeros(x.shape[1]), np.zeros(x.shape[1]), np.zeros(x.shape[1])
-      total += xs.sum(0)
-      sq += (xs * xs).sum(0)
-      count += ok.sum(0)
-    count = np.maximum(count, 1)
-    mean = total / count
-    std = np.sqrt(np.maximum(sq / count - mean * mean, 0.0))
+      moments = moments or Moments(x.shape[1])
+      moments.add(x)
+    mean, std = moments.mean, moments.std()
     std = np.where(std > 1e-8 * np.maximum(1.0, np.abs(mean)), std, 1.0)
     return cls(tuple(float(m) for m in mean), tuple(float(s) for s in std))
 

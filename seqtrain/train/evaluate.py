@@ -25,7 +25,7 @@ from seqtrain.data.pipeline import Normalizer
 from seqtrain.data.ts import DataFormatError, SeriesDataset, read_series_file
 from seqtrain.parallel import mesh as mesh_lib
 from seqtrain.train import config as config_lib
-from seqtrain.train import data as data_lib
+from seqtrain.train import input_pipeline as data_lib
 from seqtrain.train import steps as steps_lib
 from seqtrain.train.checkpoint import Checkpoints, abstract_like, load_error_reason
 from seqtrain.train.plots import plot_confusion

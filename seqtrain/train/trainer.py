@@ -25,7 +25,7 @@ import numpy as np
 
 from seqtrain.parallel import mesh as mesh_lib
 from seqtrain.train import config as config_lib
-from seqtrain.train import data as data_lib
+from seqtrain.train import input_pipeline as data_lib
 from seqtrain.train import steps as steps_lib
 from seqtrain.train.checkpoint import Checkpoints, abstract_like
 from seqtrain.train.metrics import EvalMetrics, TrainWindow, eval_batch_metrics
