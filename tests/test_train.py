@@ -349,3 +349,25 @@ def test_shipped_configs_resolve_from_any_folder(tmp_path, monkeypatch):
   assert config_lib.load_config("configs/basic_motions.py").train.steps == 7
   with pytest.raises(config_lib.ConfigError, match="long_context, synthetic_long"):
     config_lib.load_config("configs/nope.py")
+
+
+def test_step_metrics_reach_the_host_only_on_log_eval_and_checkpoint_steps(tmp_path,
+                                                                            monkeypatch):
+  """The loop never waits for the device between log steps: the metrics of the steps
+  since the last fetch come over in one transfer."""
+  fetches = []
+  real = jax.device_get
+
+  def counting(x):
+    if isinstance(x, list) and x and isinstance(x[0], dict) and "loss" in x[0]:
+      fetches.append(len(x))
+    return real(x)
+
+  monkeypatch.setattr(jax, "device_get", counting)
+  config = config_lib.load_config("configs/basic_motions.py", TINY + [
+      "train.steps=20", "train.log_every=5", "train.eval_every=10",
+      "train.checkpoint_every=20"])
+  train_and_evaluate(config, tmp_path)
+  assert fetches == [5, 5, 5, 5]
+  steps = [r["step"] for r in read_metrics(tmp_path) if r["kind"] == "train"]
+  assert steps == [5, 10, 15, 20]

@@ -306,15 +306,28 @@ def _train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chan
   if data_state is not None:
     train_iter.set_state(data_state)
   total = config.train.steps
-  pending = None   # (step, device metrics) fetched after the next step is dispatched
+  # (step, device metrics) of the steps since the last fetch: brought to the host in one
+  # transfer on log, evaluation and checkpoint steps only, so the host never waits for
+  # the device in between
+  unreported: list = []
   history = collections.deque(maxlen=config.train.log_every)  # host metrics of recent steps
   window_metrics = [None]  # clu TrainWindow since the last log line
   last_eval: dict = {}
   steps_run = 0
 
-  def report(step, device_metrics):
-    m = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+  history_step = [start_step]   # the step of history[-1]
+
+  def flush():
+    if unreported:
+      fetched = jax.device_get([m for _, m in unreported])
+      for (s, _), m in zip(unreported, fetched):
+        report(s, m)
+      unreported.clear()
+
+  def report(step, host_metrics):
+    m = {k: float(v) for k, v in host_metrics.items()}
     history.append(m)
+    history_step[0] = step
     if m["skipped"]:
       log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", step,
                   int(m["bad_steps"]))
@@ -360,19 +373,19 @@ def _train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chan
       state, metrics = run_step(state, batch)
       step += 1
       steps_run += 1
-      if pending is not None:
-        report(*pending)
-      pending = (step, metrics)
+      unreported.append((step, metrics))
+      if any(is_time(step, every, total) for every in (config.train.log_every,
+                                                      config.train.eval_every,
+                                                      config.train.checkpoint_every)):
+        flush()   # the steps' own time counts as training; evaluation and saving do not
       if history and history[-1]["bad_steps"] >= config.train.max_bad_steps:
         raise TrainingError(
             f"{int(history[-1]['bad_steps'])} non-finite losses or gradients in a row (updates "
-            f"skipped) up to step {step - 1}; stopping (train.max_bad_steps="
+            f"skipped) up to step {history_step[0]}; stopping (train.max_bad_steps="
             f"{config.train.max_bad_steps}). The last good checkpoint (step "
             f"{checkpoints.latest_step()}) in {checkpoints.dirs['latest']} is intact; try a lower "
             "train.learning_rate or check the data.")
       if is_time(step, config.train.eval_every, total):
-        report(*pending)
-        pending = None
         with progress.paused():   # not training time: kept out of steps/s and the ETA
           last_eval = evaluate_split(eval_fn, state.params, bundle.validation, bundle, config,
                                      mesh, shard)
@@ -393,18 +406,15 @@ def _train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chan
           with progress.paused():
             checkpoint(step, "best")
       if is_time(step, config.train.checkpoint_every, total):
-        if pending is not None:  # the step's own time counts as training, the save does not
-          report(*pending)
-          pending = None
         with progress.paused():
           checkpoint(step)
       if preemption.reached(step):
+        flush()
         say(f"termination signal: saving a checkpoint at step {step} and stopping")
         checkpoint(step)
         preempted = True
         break
-    if pending is not None:
-      report(*pending)
+    flush()
   except jax.errors.JaxRuntimeError as e:
     if "SolverError" not in str(e):
       raise
