@@ -24,8 +24,10 @@ def run_training(*, T: int = 17_984, batch: int = 4, steps: int = 5,
   """Steps/s of the papers' EigenWorms classifier per method, on random data.
 
   ``SequenceClassifier(num_classes, width, depth, cell, pooling="mean_logits",
-  mlp_ratio=1)``; a full train step (``seqtrain.train.steps.make_train_step``
-  on a one-device mesh: loss, exact gradients, global-norm clip 1.0, Adam).
+  mlp_ratio=1)``, built from a training config the way a run builds it
+  (``steps.build_train_state``), and a full train step
+  (``steps.make_train_step`` on a one-device mesh: loss, exact gradients,
+  global-norm clip 1.0, Adam).
   Every method starts from the same parameters. One warm-up step (timed
   separately, after compilation), then up to ``steps`` individually timed
   steps (fewer when they would exceed ``time_limit``). Rows: method, status,
@@ -33,15 +35,12 @@ def run_training(*, T: int = 17_984, batch: int = 4, steps: int = 5,
   step_s / step_s), iterations (max over layers, last step), fallbacks,
   loss_first / loss_last, temp_bytes.
   """
-  import flax
   import jax
-  import jax.numpy as jnp
-  import optax
 
-  from seqtrain.models import SequenceClassifier
-  from seqtrain.parallel.mesh import host_to_global, make_mesh, replicated
+  from seqtrain.parallel.mesh import host_to_global, make_mesh
   from seqtrain.solvers import canonical_method
-  from seqtrain.train.steps import TrainState, make_train_step
+  from seqtrain.train import config as config_lib
+  from seqtrain.train.steps import build_train_state, make_train_step
 
   methods = [m if m in PERSTEP_VARIANTS else canonical_method(m) for m in methods]
   mesh = make_mesh(("data",), (1,), devices=jax.devices()[:1])
@@ -51,24 +50,21 @@ def run_training(*, T: int = 17_984, batch: int = 4, steps: int = 5,
       "lengths": np.full((batch,), T, np.int32),
       "labels": rng.integers(0, num_classes, batch).astype(np.int32),
       "mask": np.ones((batch,), np.float32)}, mesh)
-  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr))
-  schedule = optax.constant_schedule(lr)
 
-  def model_for(method):
+  def setup_for(method):
     base, options = solver_variant(method)
-    return SequenceClassifier(num_classes=num_classes, width=width, depth=depth, cell=cell,
-                              method=base, solver_options=options, pooling="mean_logits",
-                              mlp_ratio=1)
+    c = config_lib.base_config()
+    c.seed = seed
+    c.model.width, c.model.depth, c.model.cell = width, depth, cell
+    c.model.pooling, c.model.mlp_ratio = "mean_logits", 1
+    c.model.solver.method = base
+    for field, value in options.items():
+      c.model.solver[field] = value
+    c.train.optimizer, c.train.learning_rate, c.train.grad_clip = "adam", lr, 1.0
+    c.train.schedule, c.train.warmup_steps = "constant", 0
+    return build_train_state(config_lib.validate(c), num_classes, channels, mesh)
 
-  t_init = min(T, 8)
-  params = model_for("sequential").init(jax.random.PRNGKey(seed),
-                                        jnp.zeros((1, t_init, channels), jnp.float32),
-                                        jnp.full((1,), t_init, jnp.int32))["params"]
-  params = flax.core.meta.unbox(params)
-  state0 = jax.device_put(
-      TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                 rng=jax.random.PRNGKey(seed + 1), bad_steps=jnp.zeros((), jnp.int32)),
-      replicated(mesh))
+  state0 = setup_for("sequential").fresh()   # every method starts from these parameters
   start = time.perf_counter()
   rows: list[dict] = []
   for method in methods:
@@ -81,7 +77,8 @@ def run_training(*, T: int = 17_984, batch: int = 4, steps: int = 5,
       log(_train_line(row))
       continue
     try:
-      step = jax.jit(make_train_step(model_for(method), tx, mesh, schedule))
+      setup = setup_for(method)
+      step = jax.jit(make_train_step(setup.model, setup.tx, mesh, setup.lr_schedule))
       t0 = time.perf_counter()
       compiled = step.lower(state0, data).compile()
       row["compile_s"] = time.perf_counter() - t0
