@@ -30,21 +30,10 @@ def bundled_datasets() -> list[str]:
   return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / f"{p.name}_TRAIN.ts").exists())
 
 
-def _cache_dir() -> Path | None:
-  try:
-    from seqtrain.data.download import cache_dir
-  except ImportError:  # pragma: no cover - the downloader ships with the package
-    return None
-  return cache_dir()
-
-
 def _search_dirs(data_dir: str | os.PathLike | None) -> list[Path]:
   dirs = [Path(data_dir).expanduser()] if data_dir else []
-  dirs.append(BUNDLED_DIR)
-  cache = _cache_dir()
-  if cache is not None:
-    dirs.append(cache)
-  return dirs
+  from seqtrain.data.download import cache_dir
+  return dirs + [BUNDLED_DIR, cache_dir()]
 
 
 def find_split_file(name: str, split: str, data_dir: str | os.PathLike | None = None) -> Path | None:
@@ -61,9 +50,10 @@ def find_split_file(name: str, split: str, data_dir: str | os.PathLike | None = 
 
 
 def _not_found(name: str, data_dir) -> DataFormatError:
+  from seqtrain.data.download import cache_dir
   known = bundled_datasets()
-  cache = _cache_dir()
-  if cache is not None and cache.is_dir():
+  cache = cache_dir()
+  if cache.is_dir():
     known += sorted(p.name for p in cache.iterdir() if p.is_dir())
   close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
   where = ", ".join(str(d) for d in _search_dirs(data_dir))

@@ -43,6 +43,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from seqtrain.data.download import ARCHIVE, cache_dir
+from seqtrain.data.sources import BUNDLED_DIR
 from seqtrain.data.ts import SeriesDataset, read_ts
 
 __all__ = ["ARCHIVE_DATASETS", "BUNDLED_DIR", "SPLITS", "DatasetNotFoundError", "UeaArchive",
@@ -50,16 +52,10 @@ __all__ = ["ARCHIVE_DATASETS", "BUNDLED_DIR", "SPLITS", "DatasetNotFoundError", 
            "TfdsSource"]
 
 # The UEA multivariate classification archive (timeseriesclassification.com).
-ARCHIVE_DATASETS: tuple[str, ...] = (
-    "ArticularyWordRecognition", "AtrialFibrillation", "BasicMotions", "CharacterTrajectories",
-    "Cricket", "DuckDuckGeese", "EigenWorms", "Epilepsy", "ERing", "EthanolConcentration",
-    "FaceDetection", "FingerMovements", "HandMovementDirection", "Handwriting", "Heartbeat",
-    "InsectWingbeat", "JapaneseVowels", "Libras", "LSST", "MotorImagery", "NATOPS", "PEMS-SF",
-    "PenDigits", "PhonemeSpectra", "RacketSports", "SelfRegulationSCP1", "SelfRegulationSCP2",
-    "SpokenArabicDigits", "StandWalkJump", "UWaveGestureLibrary",
-)
+# The predefined configs: the datasets of the download registry (download.ARCHIVE, the
+# one list of archive datasets); any other archive name gets a config on the fly.
+ARCHIVE_DATASETS: tuple[str, ...] = tuple(sorted(ARCHIVE, key=str.lower))
 
-BUNDLED_DIR = Path(__file__).parent / "archive"
 SPLITS: tuple[str, ...] = ("train", "test")
 _FILE_SPLIT = {"train": "TRAIN", "test": "TEST"}
 # A config name becomes a directory name: letters, digits and ``_ + - .``.
@@ -78,25 +74,12 @@ def _check_name(name: str) -> str:
   return name
 
 
-def _cache_dir() -> Path | None:
-  """The download cache, or None where the downloader is not available."""
-  try:
-    from seqtrain.data.download import cache_dir
-  except ImportError:
-    return None
-  return Path(cache_dir())
-
-
 def _candidate_dirs(name: str, source_dir: str | os.PathLike | None) -> list[Path]:
   """The folders that may hold ``<name>_TRAIN.ts``, in the order they are tried."""
   if source_dir is not None:
     root = Path(source_dir).expanduser()
     return [root, root / name]
-  dirs = [BUNDLED_DIR / name]
-  cache = _cache_dir()
-  if cache is not None:
-    dirs.append(cache / name)
-  return dirs
+  return [BUNDLED_DIR / name, Path(cache_dir()) / name]
 
 
 def find_ts_files(name: str, source_dir: str | os.PathLike | None = None) -> dict[str, Path]:
@@ -121,8 +104,6 @@ def find_ts_files(name: str, source_dir: str | os.PathLike | None = None) -> dic
   else:
     hint = (f"download it with `seqtrain data download {name}`, or pass source_dir= a folder "
             f"holding {name}_TRAIN.ts and {name}_TEST.ts")
-    if _cache_dir() is None:
-      looked += "\n  (download cache: seqtrain.data.download is not available)"
   raise DatasetNotFoundError(f"dataset {name!r} not found; looked for\n{looked}\n{hint}")
 
 
