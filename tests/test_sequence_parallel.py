@@ -264,3 +264,29 @@ else:
     out = capsys.readouterr().out
     assert "mesh {'data': 1, 'seq': 8}" in out and "solver: quasi_deer" in out
     assert (tmp_path / "lc" / "final_metrics.json").exists()
+
+  @pytest.mark.parametrize("method,mode,adjoint", [   # (shoot and sequential: above)
+      ("deer", "store", "dense"), ("elk", "", ""), ("quasi_elk", "", "quasi")])
+  def test_data_parallel_training_runs_with_varying_axes_checks(method, mode, adjoint):
+    """The train / eval steps keep shard_map's varying-axes checks on for the data-only
+    mesh too: every solver's loop carries are typed like the batch shard they carry."""
+    from seqtrain.parallel import mesh as mesh_lib
+    from seqtrain.train import config as config_lib, steps as steps_lib
+    config = config_lib.base_config()
+    config_lib.apply_overrides(config, [
+        f"model.solver.method={method}", f"model.solver.mode={mode}",
+        f"model.solver.adjoint={adjoint}", "model.width=4", "model.depth=1", "model.cell=lstm",
+        "model.pooling=mean_max", "model.members=2"])
+    config_lib.validate(config)
+    mesh = mesh_lib.make_mesh(("data",), (2,), jax.devices()[:2])
+    setup = steps_lib.build_train_state(config, 3, 2, mesh)
+    step = jax.jit(steps_lib.make_train_step(setup.model, setup.tx, mesh, setup.lr_schedule))
+    evaluate = jax.jit(steps_lib.make_eval_step(setup.model, mesh, 3))
+    rng = np.random.default_rng(0)
+    batch = mesh_lib.host_to_global({
+        "inputs": rng.normal(size=(4, 16, 2)).astype(np.float32),
+        "lengths": np.array([16, 12, 5, 16], np.int32),
+        "labels": np.array([0, 1, 2, 0], np.int32), "mask": np.ones(4, np.float32)}, mesh)
+    state, metrics = step(setup.fresh(), batch)
+    assert np.isfinite(float(metrics["loss"])) and int(state.step) == 1
+    assert float(evaluate(state.params, batch)["confusion"].sum()) == 4

@@ -163,11 +163,12 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str | None = No
   t = _sequence_length(xs, length)
   devices = 1 if seq_axis is None else sharded.axis_size(seq_axis)
   method = resolve_method(spec.method, t * devices, devices=devices)
-  if seq_axis is not None:
-    # one varying type for all inputs (e.g. a batch shard's: data and seq), so that
-    # loop carries started from h0 type-check against the values they take
-    params, h0, xs = sharded.varying(
-        (params, h0, xs), sharded.tree_varying_axes((params, h0, xs)) | {seq_axis})
+  # Inside shard_map (with its varying-axes checks): one varying type for all inputs
+  # (a batch shard's: data, and seq), so that loop carries started from h0 type-check
+  # against the values they take. Outside shard_map there is nothing to cast.
+  axes = sharded.tree_varying_axes((params, h0, xs)) | ({seq_axis} if seq_axis else set())
+  if axes:
+    params, h0, xs = sharded.varying((params, h0, xs), axes)
   z0, unravel = ravel_pytree(h0)
   if not jnp.issubdtype(z0.dtype, jnp.inexact):
     raise TypeError(f"the state must be floating point or complex, got {z0.dtype}")

@@ -202,7 +202,7 @@ def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str
 
     zero = jnp.zeros((), rdtype)
     none = jnp.full((c,), k, jnp.int32)
-    init = (starts_of(z), zeros, p_init, zero, zero, zero, none, none, bufs)
+    init = vary((starts_of(z), zeros, p_init, zero, zero, zero, none, none, bufs))
     _, s_last, p_last, ratio, ratio_fin, absr, first_bad, first_nf, bufs = lax.fori_loop(
         0, k, body, init)
     # Global positions: the first unconverged step has an exact predecessor.
@@ -237,8 +237,11 @@ def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str
       znew = jnp.where(stop, zk_old, znew)
       return zk_old, znew, z.at[kk].set(znew), bad | bad_k
 
-    _, _, z, bad = lax.fori_loop(0, k, body, (starts_of(z), h, z, jnp.bool_(False)))
+    _, _, z, bad = lax.fori_loop(0, k, body, vary((starts_of(z), h, z, jnp.bool_(False))))
     return z, bad & ~stop
+
+  # Loop carries start device-varying (inside shard_map) where the values they take are.
+  vary = lambda tree: sharded.varying(tree, sharded.tree_varying_axes((params, z0, xs)))
 
   if mode == "shoot":
     return _shoot(lin, params, z0, xs, zinit, t=t, k=k, c=c, ops=ops, kind=kind, atol=atol,
@@ -265,8 +268,8 @@ def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str
             ratio1, status_code(converged, nonfinite, gave_up), stop)
 
   zero = jnp.zeros((), rdtype)
-  state = (jnp.int32(0), to_chunks(zinit.astype(dtype), k, c), zero, zero, jnp.int32(0), zero,
-           jnp.int32(0), jnp.bool_(False))
+  state = vary((jnp.int32(0), to_chunks(zinit.astype(dtype), k, c), zero, zero, jnp.int32(0),
+                zero, jnp.int32(0), jnp.bool_(False)))
   it, z, ratio, absr, resets, _, status, _ = lax.while_loop(cond, body, state)
   ok = status == CONVERGED
   if fallback is not None:

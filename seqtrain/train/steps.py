@@ -208,11 +208,11 @@ def shard_gradients(fns: StepFns, params, batch: dict, rng):
   # each data shard draws its own augmentation noise
   aug_rng = jax.random.fold_in(aug_rng, jax.lax.axis_index("data"))
   block = None
+  # gradients w.r.t. data-varying parameters: this device's rows (summed over the
+  # time blocks by the transposes on a seq mesh), reduced over data below
+  params = jax.lax.pcast(params, "data", to="varying")
   if seq:
-    # gradients of the loss (replicated over seq) w.r.t. data-varying parameters:
-    # this device's rows, summed over the time blocks by the transposes; dropout
-    # masks differ between blocks
-    params = jax.lax.pcast(params, "data", to="varying")
+    # dropout masks differ between time blocks
     block = jax.lax.axis_index(seq)
     rng = jax.random.fold_in(rng, block)
   inputs = augment(batch["inputs"], aug_rng, fns.augment_scale, fns.augment_jitter, block)
@@ -260,12 +260,11 @@ def train_step(fns: StepFns, state: TrainState, batch: dict):
   """(state, batch) -> (state, metrics): gradients in one shard_map over the mesh,
   then the update on the replicated state. Jit it with ``fns`` bound
   (``make_train_step``); batch arrays sharded as ``mesh.batch_sharding``."""
-  seq = mesh_lib.seq_axis(fns.mesh)
   rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   grads, metrics = jax.shard_map(
       functools.partial(shard_gradients, fns), mesh=fns.mesh,
       in_specs=(P(), mesh_lib.batch_specs(fns.mesh, tuple(batch)), P()),
-      out_specs=(P(), P()), check_vma=seq is not None)(state.params, batch,
+      out_specs=(P(), P()))(state.params, batch,
                                                        jax.random.key_data(rng))
   return apply_gradients(fns, state, grads, metrics)
 
@@ -281,11 +280,9 @@ def make_train_step(model, tx, mesh, lr_schedule: Callable, *, augment_scale: fl
 def make_eval_step(model, mesh, num_classes: int) -> Callable:
   """(params, batch) -> {loss_sum, count, confusion (K, K) [true, predicted], solver stats}."""
 
-  seq = mesh_lib.seq_axis(mesh)
 
   def per_shard(params, batch):
-    if seq:
-      params = jax.lax.pcast(params, "data", to="varying")
+    params = jax.lax.pcast(params, "data", to="varying")
     logits, mutable = model.apply({"params": params}, batch["inputs"], batch["lengths"],
                                   train=False, mutable=["solver_stats"])
     ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
@@ -304,7 +301,7 @@ def make_eval_step(model, mesh, num_classes: int) -> Callable:
   def eval_step(params, batch):
     return jax.shard_map(per_shard, mesh=mesh,
                          in_specs=(P(), mesh_lib.batch_specs(mesh, tuple(batch))),
-                         out_specs=P(), check_vma=seq is not None)(params, batch)
+                         out_specs=P())(params, batch)
 
   return eval_step
 
