@@ -227,10 +227,9 @@ else:
     config_lib.apply_overrides(config, overrides)
     config_lib.validate(config)
     mesh = mesh_lib.make_mesh(axes, shape, devices)
-    model = steps_lib.build_model(config, 3)
-    tx, lr = steps_lib.build_optimizer(config)
-    state = steps_lib.init_state(model, tx, config, 8, 2)
-    step = jax.jit(steps_lib.make_train_step(model, tx, mesh, lr))
+    setup = steps_lib.build_train_state(config, 3, 2, mesh)
+    state = setup.fresh()
+    step = jax.jit(steps_lib.make_train_step(setup.model, setup.tx, mesh, setup.lr_schedule))
     rng = np.random.default_rng(0)
     out = []
     for _ in range(steps):

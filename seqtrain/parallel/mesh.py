@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-__all__ = ["make_mesh", "data_sharding", "batch_sharding", "replicated", "host_to_global",
+__all__ = ["make_mesh", "batch_sharding", "replicated", "host_to_global",
            "data_axis_size", "seq_axis_size", "seq_axis", "process_block", "data_shard"]
 
 SEQ = "seq"
@@ -52,10 +52,6 @@ def seq_axis(mesh: jax.sharding.Mesh) -> str | None:
 
 def seq_axis_size(mesh: jax.sharding.Mesh) -> int:
   return int(mesh.shape[SEQ]) if SEQ in mesh.axis_names else 1
-
-
-def data_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P("data"))
 
 
 def batch_specs(mesh: jax.sharding.Mesh, keys=("inputs", "lengths", "labels", "mask", "index")):

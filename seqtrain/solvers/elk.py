@@ -18,11 +18,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from seqtrain.solvers import sharded
 from seqtrain.solvers.scan import kalman_smoother_mean, linear_scan, ops_for
 from seqtrain.solvers.spec import DEFAULT_GIVE_UP
 from seqtrain.solvers.stopping import (CONVERGED, clip_magnitude,
                                        projected_too_long, real_dtype, status_code)
+from seqtrain.solvers.vma import like
 
 
 class ElkStats(NamedTuple):
@@ -128,7 +128,7 @@ def elk_solve(lin: Callable, params, z0, xs, zinit, *, kind: str, atol: float, r
            jnp.asarray(lam_init, rdtype), jnp.asarray(2.0, rdtype), jnp.int32(0), nonfinite[1],
            nonfinite)
   # Loop carries start device-varying (inside shard_map) where the values they take are.
-  state = sharded.varying(state, sharded.tree_varying_axes((params, z0, xs)))
+  state = like(state, (params, z0, xs))
   out = lax.while_loop(cond, body, state)
   it, z, absr, ratio, prefix, lam, resets, ratio1, nonfinite = (
       out[0], out[1], out[6], out[7], out[8], out[9], out[11], out[12], out[13])

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from seqtrain.solvers.sharded import like
+from seqtrain.solvers.vma import like
 
 
 def dense_linearization(fz: Callable):

@@ -241,7 +241,7 @@ def newton_solve(lin: Callable, params, z0, xs, zinit, *, length: int, kind: str
     return z, bad & ~stop
 
   # Loop carries start device-varying (inside shard_map) where the values they take are.
-  vary = lambda tree: sharded.varying(tree, sharded.tree_varying_axes((params, z0, xs)))
+  vary = lambda tree: sharded.like(tree, (params, z0, xs))
 
   if mode == "shoot":
     return _shoot(lin, params, z0, xs, zinit, t=t, k=k, c=c, ops=ops, kind=kind, atol=atol,

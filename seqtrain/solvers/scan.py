@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from seqtrain.solvers.vma import like
+
 HIGHEST = lax.Precision.HIGHEST
 KINDS = ("diag", "dense", "block")
 
@@ -95,15 +97,7 @@ class DenseOps:
       b = lax.dynamic_update_index_in_dim(b, pb, i, axis=-2)
       return a, b
 
-    return lax.fori_loop(0, d, body, _vary_like((a, b), (a, b)))[1]
-
-def _vary_like(tree, ref):
-  """``tree`` cast to vary over every mesh axis some leaf of ``ref`` varies over (inside
-  jax.shard_map with its checks; a no-op elsewhere): loop carries started from
-  constants need the type of the values they take."""
-  from seqtrain.solvers import sharded   # (sharded imports this module)
-  return sharded.varying(tree, sharded.tree_varying_axes(ref))
-
+    return lax.fori_loop(0, d, body, like((a, b), (a, b)))[1]
 
 def ops_for(kind: str):
   if kind == "diag":
@@ -210,7 +204,7 @@ def chunked_scan(combine, elems, identity, *, chunk: int | None = None, reverse:
     acc = combine(acc, tmap(lambda a: a[kk], elems))
     return acc, tmap(lambda o, a: o.at[kk].set(a), out, acc)
 
-  ident_c = _vary_like(identity((c,)), elems)   # a constant, carried with varying values
+  ident_c = like(identity((c,)), elems)   # a constant, carried with varying values
   _, out = lax.fori_loop(0, k, local, (ident_c, tmap(jnp.zeros_like, elems)))
   totals = tmap(lambda o: o[k - 1], out)
   idx = jnp.arange(c)

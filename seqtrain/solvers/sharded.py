@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from seqtrain.solvers.scan import _affine_combine, linear_scan_sequential, ops_for
+from seqtrain.solvers.vma import like, tree_varying_axes, varying, varying_axes  # noqa: F401
 
 
 def axis_size(axis: str) -> int:
@@ -89,44 +90,6 @@ def boundary(edge_value, x, axis: str, reverse: bool):
   prev = from_previous(x, axis, reverse)
   edge = is_edge(axis, reverse)
   return jax.tree_util.tree_map(lambda e, v: jnp.where(edge, e, v), edge_value, prev)
-
-
-def varying_axes(x) -> frozenset:
-  """The mesh axes over which ``x`` is typed device-varying (empty outside shard_map)."""
-  aval = jax.typeof(x)
-  vma = getattr(aval, "vma", None)
-  if vma is None:
-    vma = getattr(getattr(aval, "manual_axis_type", None), "varying", frozenset())
-  return frozenset(vma)
-
-
-def is_varying(x, axis: str) -> bool:
-  return axis in varying_axes(x)
-
-
-def like(t, ref):
-  """``t`` cast to vary over every axis ``ref`` varies over: a tangent built
-  from constants (basis vectors) for a primal inside shard_map."""
-  missing = tuple(sorted(varying_axes(ref) - varying_axes(t)))
-  return lax.pcast(t, missing, to="varying") if missing else t
-
-
-def varying(tree, axes):
-  """Every leaf made device-varying over ``axes`` (a name or several; replicated
-  leaves are ``pcast``, and their cotangents are then summed over the axes by
-  the transpose)."""
-  axes = frozenset((axes,) if isinstance(axes, str) else axes)
-
-  def cast(v):
-    missing = tuple(sorted(axes - varying_axes(v)))
-    return lax.pcast(v, missing, to="varying") if missing else v
-
-  return jax.tree_util.tree_map(cast, tree)
-
-
-def tree_varying_axes(tree) -> frozenset:
-  """The union of the leaves' varying axes (e.g. ``data`` for a batch shard)."""
-  return frozenset().union(*(varying_axes(v) for v in jax.tree_util.tree_leaves(tree)))
 
 
 def all_max(x, axis):
