@@ -6,8 +6,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from seqtrain.solvers import kalman_smoother_mean, linear_scan, linear_scan_sequential
-from seqtrain.solvers.scan import DenseOps, chunked_scan, _affine_combine
+from seqtrain.solvers.scan import DenseOps, chunked_scan, gauss_jordan_solve, _affine_combine
 from grids import FULL
+
+pytestmark = pytest.mark.x64  # float64 exactness against lax.scan (tests/conftest.py)
 
 
 def _elements(kind, t, d, seed):
@@ -95,3 +97,27 @@ def test_tiny_lambda_recovers_newton_step():
   h0 = jnp.ones(d)
   got = kalman_smoother_mean(a, b, jnp.zeros((t, d)), h0, 1e-14, kind="dense")
   np.testing.assert_allclose(got, linear_scan_sequential(a, b, h0, kind="dense"), atol=1e-9)
+
+
+def test_dense_solve_pivots():
+  """The filter combine solves I + C J (C, J PSD): eigenvalues >= 1, yet its first
+  pivot can be 0 (here exactly), which a pivot-free elimination divides by."""
+  v, w = np.array([1.0, 0.5]), np.array([1.0, -4.0])
+  m = np.eye(2) + np.outer(v, v) @ np.outer(w, w)
+  assert m[0, 0] == 0.0 and np.linalg.eigvals(m).real.min() >= 1 - 1e-12
+  rhs = np.array([[1.0, 2.0], [3.0, 4.0]])
+  want = np.linalg.solve(m, rhs)
+  np.testing.assert_allclose(gauss_jordan_solve(jnp.asarray(m), jnp.asarray(rhs)), want,
+                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(DenseOps.solve(jnp.asarray(m), jnp.asarray(rhs)), want,
+                             rtol=1e-6, atol=1e-6)
+  # Batched, complex, against LAPACK; the non-CPU form (pivoted LU) agrees too.
+  rng = np.random.default_rng(0)
+  a = rng.normal(size=(3, 4, 5, 5)) + 1j * rng.normal(size=(3, 4, 5, 5))
+  b = rng.normal(size=(3, 4, 5, 2)) + 1j * rng.normal(size=(3, 4, 5, 2))
+  want = np.linalg.solve(a, b)
+  dtype = jnp.complex128 if jax.config.jax_enable_x64 else jnp.complex64
+  got = jax.jit(gauss_jordan_solve)(jnp.asarray(a, dtype), jnp.asarray(b, dtype))
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(jnp.linalg.solve(jnp.asarray(a, dtype), jnp.asarray(b, dtype)),
+                             got, rtol=1e-4, atol=1e-4)

@@ -73,31 +73,54 @@ class DenseOps:
 
   @staticmethod
   def solve(a, b):
-    """a^{-1} b by Gauss-Jordan elimination without pivoting, in plain jnp.
+    """a^{-1} b for nonsingular a: ``gauss_jordan_solve`` on CPU, LAPACK-style
+    pivoted LU (``jnp.linalg.solve``) on other backends (chosen at trace time)."""
+    if jax.default_backend() == "cpu":
+      return gauss_jordan_solve(a, b)
+    return jnp.linalg.solve(a, jnp.broadcast_to(b, a.shape[:-1] + b.shape[-1:]))
 
-    Used only on matrices of the form I + C J and F P F^T + I with C, J, P
-    positive semi-definite (eigenvalues real and >= 1), where no pivoting is
-    needed.  LAPACK's batched solve inside XLA:CPU loops deadlocked here
-    (jaxlib 0.10.2, 2 cores), so the solve stays in XLA ops.
-    """
-    d = a.shape[-1]
-    b = jnp.broadcast_to(b, a.shape[:-1] + b.shape[-1:])
 
-    def body(i, ab):
-      a, b = ab
-      piv = lax.dynamic_index_in_dim(a, i, axis=-2, keepdims=True)  # (..., 1, d)
-      pb = lax.dynamic_index_in_dim(b, i, axis=-2, keepdims=True)
-      inv = 1.0 / lax.dynamic_index_in_dim(piv, i, axis=-1, keepdims=True)
-      piv, pb = piv * inv, pb * inv
-      col = lax.dynamic_index_in_dim(a, i, axis=-1, keepdims=True)  # (..., d, 1)
-      col = jnp.where((jnp.arange(d) == i)[:, None], 0, col)
-      a = a - col * piv
-      b = b - col * pb
-      a = lax.dynamic_update_index_in_dim(a, piv, i, axis=-2)
-      b = lax.dynamic_update_index_in_dim(b, pb, i, axis=-2)
-      return a, b
+def gauss_jordan_solve(a, b):
+  """a^{-1} b by Gauss-Jordan elimination with partial pivoting, in plain jnp.
 
-    return lax.fori_loop(0, d, body, like((a, b), (a, b)))[1]
+  Batched over the leading axes. Partial pivoting (the largest remaining entry of
+  each column, by modulus) makes it valid for every nonsingular a: the matrices
+  solved here, I + C J in the filter combine with C, J positive semi-definite,
+  have eigenvalues >= 1 but can have a zero leading minor (C = v v^T, J = w w^T,
+  v = (1, a), w = (1, -2/a): the first pivot of I + C J is 0), so the pivot-free
+  form divides by zero on them. CPU uses this form because XLA:CPU deadlocked in
+  LAPACK's batched solve inside loops (jaxlib 0.10.2, 2 cores).
+  """
+  d = a.shape[-1]
+  b = jnp.broadcast_to(b, a.shape[:-1] + b.shape[-1:])
+  rows = jnp.arange(d)
+
+  def body(i, ab):
+    a, b = ab
+    col = jnp.abs(lax.dynamic_index_in_dim(a, i, axis=-1, keepdims=False))  # (..., d)
+    p = jnp.argmax(jnp.where(rows >= i, col, -1.0), axis=-1)[..., None, None]
+    is_i, is_p = (rows == i)[:, None], rows[:, None] == p          # (..., d, 1)
+
+    def swap(m):   # rows i and p exchanged
+      row_i = lax.dynamic_index_in_dim(m, i, axis=-2, keepdims=True)
+      row_p = jnp.take_along_axis(m, p, axis=-2)
+      return jnp.where(is_i, row_p, jnp.where(is_p, row_i, m))
+
+    a, b = swap(a), swap(b)
+    piv = lax.dynamic_index_in_dim(a, i, axis=-2, keepdims=True)  # (..., 1, d)
+    pb = lax.dynamic_index_in_dim(b, i, axis=-2, keepdims=True)
+    inv = 1.0 / lax.dynamic_index_in_dim(piv, i, axis=-1, keepdims=True)
+    piv, pb = piv * inv, pb * inv
+    col = lax.dynamic_index_in_dim(a, i, axis=-1, keepdims=True)  # (..., d, 1)
+    col = jnp.where(is_i, 0, col)
+    a = a - col * piv
+    b = b - col * pb
+    a = lax.dynamic_update_index_in_dim(a, piv, i, axis=-2)
+    b = lax.dynamic_update_index_in_dim(b, pb, i, axis=-2)
+    return a, b
+
+  return lax.fori_loop(0, d, body, like((a, b), (a, b)))[1]
+
 
 def ops_for(kind: str):
   if kind == "diag":
