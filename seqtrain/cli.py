@@ -214,6 +214,13 @@ def main(argv=None) -> int:
     if os.environ.get("SEQTRAIN_DEBUG"):
       raise
     print(f"seqtrain {args.command}: error: {e}", file=sys.stderr)
+    from seqtrain.train.trainer import PeerLostError
+    if isinstance(e, PeerLostError):
+      # JAX's exit handler would wait for the dead peer at a shutdown barrier, then abort
+      # with a C++ stack trace: the message above is the whole report.
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(2)
     return 2
   except KeyboardInterrupt:
     print(f"seqtrain {args.command}: interrupted", file=sys.stderr)

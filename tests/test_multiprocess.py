@@ -6,6 +6,8 @@ scenario, few launches:
   B  2 processes x 2 devices, 12 steps (launch/local.py) -> same parameters, same validation
   C  2 x 2, SIGTERM to process 1 mid-run -> both save the same step, exit 0;
      resumed by 1 x 4 to the end                      -> same parameters
+  C' 2 x 2, SIGKILL of process 0 (the coordinator)   -> process 1 ends at once: one line
+     naming the lost peer and the intact checkpoint, exit 2
   D  A's step-6 checkpoint resumed by 2 x 2            -> same parameters
   E  2 x 2 on a (data, seq) = (1, 4) mesh: one sequence's time axis split over
      both processes (quasi-DEER across devices)       -> A's parameters to 1e-4
@@ -16,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,14 +41,14 @@ def _single(workdir, log):
   return run(_cmd(workdir), log, TIMEOUT, SEQTRAIN_CPU_DEVICES=4)
 
 
-def _spawn_pair(workdir, logdir):
+def _spawn_pair(workdir, logdir, *extra):
   port = free_port()
   procs = []
   for i in range(2):
     env = clean_env(SEQTRAIN_COORDINATOR=f"localhost:{port}", SEQTRAIN_NUM_PROCESSES=2,
                     SEQTRAIN_PROCESS_ID=i, SEQTRAIN_CPU_DEVICES=2)
     log = open(logdir / f"process_{i}.log", "w")
-    procs.append(subprocess.Popen(_cmd(workdir), cwd=ROOT, env=env, stdout=log,
+    procs.append(subprocess.Popen(_cmd(workdir) + list(extra), cwd=ROOT, env=env, stdout=log,
                                   stderr=subprocess.STDOUT))
   return procs
 
@@ -111,6 +112,27 @@ def test_sigterm_saves_same_step_on_both_and_resumes_elsewhere(reference, tmp_pa
   assert _single(workdir, tmp_path / "resume.log") == 0, read_log(tmp_path / "resume.log")
   assert f"(step {stopped[0]})" in read_log(tmp_path / "resume.log")
   _assert_same(final_params(workdir)[1], params_a)
+
+
+def test_a_killed_peer_ends_the_other_with_one_line(tmp_path):
+  workdir = tmp_path / "K"
+  procs = _spawn_pair(workdir, tmp_path, "--config.train.steps=100000")
+  metrics = workdir / "metrics.jsonl"
+  deadline = time.time() + TIMEOUT
+  while time.time() < deadline and not (metrics.exists() and '"step": 2,' in metrics.read_text()):
+    assert all(p.poll() is None for p in procs), read_log(tmp_path / "process_0.log")
+    time.sleep(0.2)
+  procs[0].kill()
+  t0 = time.time()
+  code = procs[1].wait(timeout=60)
+  log = read_log(tmp_path / "process_1.log")
+  assert code == 2, log
+  assert time.time() - t0 < 30, log    # not JAX's shutdown barrier, then an abort
+  errors = [line for line in log.splitlines() if "error" in line.lower()]
+  assert len(errors) == 1 and "Traceback" not in log and "Check failure" not in log, log
+  assert "process 1 lost contact with another process near step" in errors[0], log
+  assert "restart every process with the same command" in errors[0], log
+  procs[0].wait()
 
 
 def test_one_process_checkpoint_resumes_on_two(reference, tmp_path):

@@ -44,6 +44,29 @@ def test_rate_and_eta_follow_the_recent_steps_not_compile_or_pauses():
   assert abs((400 - 200) / average - 50.0) > 30.0
 
 
+def test_deferred_metrics_rate_counts_fetches_not_dispatches():
+  """Steps are dispatched without waiting; their metrics arrive together on a log
+  step. The rate must be the device's (50 steps in 10 s), not 50 reports in 0 s."""
+  from seqtrain.train.writers import DeferredMetrics
+  clock = FakeClock()
+  progress = Progress(100, window=250, clock=clock, stream=io.StringIO())
+  reported = []
+  pending = DeferredMetrics(progress, lambda s, m: reported.append((s, m, progress.rate())),
+                            fetch=lambda ms: [m * 10 for m in ms])
+  progress.tick(0)
+  for block in range(2):
+    for step in range(50 * block + 1, 50 * block + 51):
+      pending.append(step, step)       # dispatched at once
+    clock.t += 10.0                     # ... and finished 10 s later, at the fetch
+    pending.flush()
+  assert [s for s, _, _ in reported] == list(range(1, 101))
+  assert [m for _, m, _ in reported] == [10 * s for s in range(1, 101)]
+  assert all(rate == pytest.approx(5.0) for _, _, rate in reported)
+  pending.flush()                       # nothing pending: nothing happens
+  assert len(reported) == 100 and progress.rate() == pytest.approx(5.0)
+  assert "    - steps/s" in Progress(10, clock=clock).line(0, {})
+
+
 def test_rate_pauses_nest_and_a_restart_resets_the_window():
   clock = FakeClock()
   rate = StepRate(window=5, clock=clock)

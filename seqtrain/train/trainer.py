@@ -29,7 +29,7 @@ from seqtrain.train import input_pipeline as data_lib
 from seqtrain.train import steps as steps_lib
 from seqtrain.train.checkpoint import Checkpoints, abstract_like
 from seqtrain.train.metrics import EvalMetrics, TrainWindow, eval_batch_metrics
-from seqtrain.train.writers import MetricWriters, Progress
+from seqtrain.train.writers import DeferredMetrics, MetricWriters, Progress
 
 __all__ = ["train_and_evaluate", "TrainingError", "evaluate_split", "ResumeError", "solver_plan"]
 
@@ -38,6 +38,33 @@ log = logging.getLogger("seqtrain")
 
 class TrainingError(RuntimeError):
   """The run cannot go on (e.g. non-finite updates); checkpoints written so far are intact."""
+
+
+class PeerLostError(TrainingError):
+  """Another process of a multi-process run died or cut its connection: this one
+  cannot go on either (every step is collective). The CLI reports it in one line and
+  ends the process without JAX's distributed shutdown, which waits for the dead peer
+  and then aborts."""
+
+
+# What the collectives (Gloo on CPU) and the coordination service say when a peer is gone.
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Gloo", "heartbeat",
+              "coordination service", "Socket closed", "Broken pipe")
+
+
+def peer_lost_message(error: BaseException, step: int, checkpoint_step) -> str | None:
+  """One line for a runtime error that says a peer process is gone, else None."""
+  import jax
+  text = str(error)
+  if jax.process_count() < 2 or not any(p.lower() in text.lower() for p in _PEER_LOST):
+    return None
+  detail = next((line.strip() for line in text.splitlines() if line.strip()), "")
+  if len(detail) > 160:
+    detail = detail[:157] + "..."
+  kept = (f"checkpoints up to step {checkpoint_step} are intact" if checkpoint_step is not None
+          else "no checkpoint was written yet")
+  return (f"process {jax.process_index()} lost contact with another process near step {step} "
+          f"({detail}); {kept}: restart every process with the same command to resume")
 
 
 class ResumeError(RuntimeError):
@@ -306,23 +333,12 @@ def _train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chan
   if data_state is not None:
     train_iter.set_state(data_state)
   total = config.train.steps
-  # (step, device metrics) of the steps since the last fetch: brought to the host in one
-  # transfer on log, evaluation and checkpoint steps only, so the host never waits for
-  # the device in between
-  unreported: list = []
   history = collections.deque(maxlen=config.train.log_every)  # host metrics of recent steps
   window_metrics = [None]  # clu TrainWindow since the last log line
   last_eval: dict = {}
   steps_run = 0
 
   history_step = [start_step]   # the step of history[-1]
-
-  def flush():
-    if unreported:
-      fetched = jax.device_get([m for _, m in unreported])
-      for (s, _), m in zip(unreported, fetched):
-        report(s, m)
-      unreported.clear()
 
   def report(step, host_metrics):
     m = {k: float(v) for k, v in host_metrics.items()}
@@ -349,10 +365,10 @@ def _train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chan
                                     **{k: v for k, v in m.items() if "/" in k}})
       say(progress.line(step, {"loss": mean["loss"], "acc": mean["accuracy"],
                                **_solver_summary(m), "lr": m["learning_rate"]}))
-    # The step has finished (its metrics are on the host). Ticking after the logging
-    # leaves one-time costs of the first report (writers warming up) in the first
-    # interval, which StepRate never counts.
-    progress.tick(step)
+
+  # The steps since the last fetch: their metrics come to the host in one transfer on
+  # log, evaluation and checkpoint steps only.
+  pending = DeferredMetrics(progress, report, jax.device_get)
 
   def checkpoint(step, which="latest"):
     meta = {"step": step, "data_state": train_iter.get_state(), "best_accuracy": best_accuracy,
@@ -367,17 +383,18 @@ def _train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chan
   t_loop = time.perf_counter()
   preemption = _Preemption()
   preempted = False
+  progress.tick(step)   # the rate's origin (compilation, inside run_step, is paused)
   try:
     while step < total and (stop_after is None or steps_run < stop_after):
       batch = mesh_lib.host_to_global(next(train_iter), mesh)
       state, metrics = run_step(state, batch)
       step += 1
       steps_run += 1
-      unreported.append((step, metrics))
+      pending.append(step, metrics)
       if any(is_time(step, every, total) for every in (config.train.log_every,
                                                       config.train.eval_every,
                                                       config.train.checkpoint_every)):
-        flush()   # the steps' own time counts as training; evaluation and saving do not
+        pending.flush()   # the steps' own time counts as training; evaluation and saving do not
       if history and history[-1]["bad_steps"] >= config.train.max_bad_steps:
         raise TrainingError(
             f"{int(history[-1]['bad_steps'])} non-finite losses or gradients in a row (updates "
@@ -409,13 +426,16 @@ def _train_and_evaluate(config, workdir: str | os.PathLike, *, allow_config_chan
         with progress.paused():
           checkpoint(step)
       if preemption.reached(step):
-        flush()
+        pending.flush()
         say(f"termination signal: saving a checkpoint at step {step} and stopping")
         checkpoint(step)
         preempted = True
         break
-    flush()
+    pending.flush()
   except jax.errors.JaxRuntimeError as e:
+    lost = peer_lost_message(e, step, checkpoints.latest_step())
+    if lost is not None:
+      raise PeerLostError(lost) from None
     if "SolverError" not in str(e):
       raise
     message = str(e)[str(e).index("SolverError"):].splitlines()[0]

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, TextIO
 
-__all__ = ["MetricWriters", "Progress", "StepRate", "read_metrics"]
+__all__ = ["DeferredMetrics", "MetricWriters", "Progress", "StepRate", "read_metrics"]
 
 
 def _finite_or_str(v):
@@ -221,10 +221,37 @@ class Progress:
     rate = self.steps.rate()
     eta = self.steps.eta(step, self.total)
     width = len(str(self.total))
-    parts = [f"step {step:>{width}}/{self.total}", f"{rate:5.2f} steps/s", f"ETA {_duration(eta)}"]
+    shown = f"{rate:5.2f}" if math.isfinite(rate) else "    -"
+    parts = [f"step {step:>{width}}/{self.total}", f"{shown} steps/s", f"ETA {_duration(eta)}"]
     parts += [f"{k} {v:.4g}" for k, v in metrics.items()]
     return " | ".join(parts)
 
   def print(self, text: str):
     if self.active:
       print(text, file=self.stream or sys.stdout, flush=True)
+
+
+class DeferredMetrics:
+  """Per-step metrics left on the device until ``flush()``: the host never waits for
+  the device between steps. ``flush`` brings them over in one ``fetch``, counts the
+  last of their steps as finished now (one sample of ``progress``'s step rate: all of
+  them finished by now, and giving each the same time would make the rate over the
+  first window thousands of steps/s), then hands each (step, host metrics) to
+  ``report`` in order."""
+
+  def __init__(self, progress: Progress, report: Callable[[int, Any], None],
+               fetch: Callable[[list], list]):
+    self.progress, self.report, self.fetch = progress, report, fetch
+    self._pending: list = []
+
+  def append(self, step: int, metrics: Any):
+    self._pending.append((step, metrics))
+
+  def flush(self):
+    if not self._pending:
+      return
+    pending, self._pending = self._pending, []
+    fetched = self.fetch([m for _, m in pending])
+    self.progress.tick(pending[-1][0])
+    for (step, _), m in zip(pending, fetched):
+      self.report(step, m)
