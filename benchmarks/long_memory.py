@@ -18,10 +18,20 @@ import time
 # The shipped recipe (configs/synthetic_long.py) with one or more choices undone.
 VARIANTS = {
     "recipe": [],
+    "no stem": ["model.stem_kernel=1"],
+    "fixed training length": ["data.train_min_length=0", "data.bucket_boundaries=()",
+                              "data.bucket_window=0"],
     "mean pooling": ["model.pooling=mean"],
     "max pooling": ["model.pooling=max"],
     "diag_gru cell": ["model.cell=diag_gru"],
-    "diag_gru + mean (before)": ["model.cell=diag_gru", "model.pooling=mean"],
+    "width 64": ["model.width=64"],
+    "depth 3": ["model.depth=3"],
+    # the recipe of 2026-12-01 (before the stem and the mixed training lengths)
+    "2026-12-01 recipe": ["model.stem_kernel=1", "data.train_min_length=0",
+                          "data.bucket_boundaries=()", "data.bucket_window=0"],
+    "diag_gru + mean (before)": ["model.cell=diag_gru", "model.pooling=mean",
+                                 "model.stem_kernel=1", "data.train_min_length=0",
+                                 "data.bucket_boundaries=()", "data.bucket_window=0"],
 }
 
 

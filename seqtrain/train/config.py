@@ -61,6 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.read_threads = 2
   # synthetic tasks
   c.data.length = 1024
+  c.data.train_min_length = 0        # > 0: training series' lengths uniform in [this, length]
   c.data.train_size = 1024
   c.data.validation_size = 256
   c.data.test_size = 256
@@ -245,7 +246,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       _check(isinstance(value, str), field, value, "expected a string")
   for field in ("train.augment_scale", "train.augment_jitter"):
     _check(_get(c, field) >= 0, field, _get(c, field), "must be >= 0")
-  for field in ("seed", "data.max_length", "data.bucket_window", "train.warmup_steps"):
+  for field in ("seed", "data.max_length", "data.bucket_window", "data.train_min_length",
+                "train.warmup_steps"):
     _check(_get(c, field) >= 0, field, _get(c, field), "must be >= 0")
   for field in ("model.width", "model.depth", "model.mlp_ratio", "model.stem_kernel",
                 "model.members", "train.batch_size",
@@ -264,6 +266,10 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if c.data.source == "files":
     _check(bool(c.data.train_file), "data.train_file", c.data.train_file,
            "source=files needs a .ts or .npz training file")
+  _check(c.data.train_min_length <= c.data.length, "data.train_min_length",
+         c.data.train_min_length, f"must be <= data.length={c.data.length}")
+  _check(c.data.train_min_length == 0 or c.data.source == "synthetic", "data.train_min_length",
+         c.data.train_min_length, "applies to synthetic tasks only (data.source=synthetic)")
   _check(all(isinstance(b, int) and b > 0 for b in c.data.bucket_boundaries),
          "data.bucket_boundaries", c.data.bucket_boundaries, "expected positive integers")
   _check(c.model.cell in CELLS, "model.cell", c.model.cell, f"expected one of {', '.join(CELLS)}")

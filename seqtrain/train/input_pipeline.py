@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -55,29 +54,17 @@ class Concat:
 
 
 @dataclasses.dataclass
-class DataBundle:
-  train: Any
-  validation: Any
-  test: Any | None
-  class_names: tuple[str, ...]
-  num_channels: int
-  normalizer: Normalizer | None
-  max_length: int
-  description: str
-
-  def split(self, name: str):
-    source = {"train": self.train, "validation": self.validation, "test": self.test}.get(name)
-    if source is None:
-      raise DataFormatError(name, f"this dataset has no {name} split")
-    return source
+class DataBundle(sources.Splits):
+  """A run's splits (``sources.Splits``) with the normalisation fitted on its training
+  split and the padded length of its batches."""
+  normalizer: Normalizer | None = None
+  max_length: int = 0
 
   def info(self) -> dict:
     return {"class_names": list(self.class_names), "num_channels": self.num_channels,
             "max_length": self.max_length, "description": self.description,
             "normalizer": self.normalizer.to_json() if self.normalizer else None,
-            "sizes": {k: len(v) for k, v in (("train", self.train), ("validation",
-                                                                     self.validation),
-                                             ("test", self.test)) if v is not None}}
+            "sizes": self.sizes()}
 
 
 def baseline_report(bundle: "DataBundle", source, split: str, say=None) -> dict | None:
@@ -102,11 +89,15 @@ def baseline_report(bundle: "DataBundle", source, split: str, say=None) -> dict 
 
 def synthetic_split(config, split: str):
   """Split ``split`` of the config's synthetic task (at ``data.length``, of
-  ``data.<split>_size`` examples)."""
+  ``data.<split>_size`` examples); with ``data.train_min_length`` the training
+  series' lengths are uniform in [train_min_length, length] (validation and test
+  stay at ``length``)."""
   from seqtrain.data.synthetic import make_task
   d = config.data
+  min_length = d.get("train_min_length", 0) if split == "train" else 0
   return make_task(d.name, split=split, length=d.length, size=d[f"{split}_size"],
-                   seed=config.seed, num_classes=d.num_classes, channels=d.channels)
+                   seed=config.seed, num_classes=d.num_classes, channels=d.channels,
+                   min_length=min_length or None)
 
 
 def _synthetic(config):
@@ -159,7 +150,7 @@ def build_data(config, workdir: str | Path | None = None) -> DataBundle:
   description = (f"{d.name or d.train_file}: {len(train)} train / {len(val)} validation / "
                  f"{len(test) if test is not None else 0} test, {channels} channels, "
                  f"{len(class_names)} classes, length <= {max_length}")
-  return DataBundle(train, val, test, class_names, channels, normalizer, max_length, description)
+  return DataBundle(train, val, test, class_names, channels, description, normalizer, max_length)
 
 
 def train_iterator(bundle: DataBundle, config, shard: ShardInfo):
