@@ -95,9 +95,16 @@ def synthetic_split(config, split: str):
   from seqtrain.data.synthetic import make_task
   d = config.data
   min_length = d.get("train_min_length", 0) if split == "train" else 0
-  return make_task(d.name, split=split, length=d.length, size=d[f"{split}_size"],
-                   seed=config.seed, num_classes=d.num_classes, channels=d.channels,
-                   min_length=min_length or None)
+  try:
+    return make_task(d.name, split=split, length=d.length, size=d[f"{split}_size"],
+                     seed=config.seed, num_classes=d.num_classes, channels=d.channels,
+                     min_length=min_length or None)
+  except ValueError as e:
+    if not min_length or "min_length" not in str(e):
+      raise
+    from seqtrain.train.config import ConfigError
+    raise ConfigError(f"config field data.train_min_length={min_length}: too short for the "
+                      f"{d.name} task ({e})") from None
 
 
 def _synthetic(config):
