@@ -19,7 +19,23 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 import jax  # noqa: E402  (after XLA_FLAGS)
 import pytest  # noqa: E402
 
-jax.config.update("jax_enable_x64", True)
+
+# Precision on purpose, not by accident: a module marked ``pytestmark = pytest.mark.x64``
+# runs with jax_enable_x64 on (the float64 exactness tests against lax.scan); every other
+# module with JAX's default, x64 off, as users' training programs run (tests/test_float32.py
+# checks float32 exactness there).
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "x64: run this module with jax_enable_x64 on")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _x64_as_marked(request):
+  want = request.node.get_closest_marker("x64") is not None
+  if jax.config.jax_enable_x64 != want:
+    jax.config.update("jax_enable_x64", want)
+  yield
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,9 +1,10 @@
 """float32 exactness with jax_enable_x64 OFF, as training runs it.
 
-tests/conftest.py turns x64 on for the whole suite, where a float32 solve can
-silently promote to float64 wherever a constant or an intermediate defaults to
-the wide type.  This module switches x64 off for its own tests (and restores
-the previous value after) and checks in true float32, against lax.scan
+With x64 on (the float64 modules, ``pytest.mark.x64`` in tests/conftest.py), a
+float32 solve can silently promote to float64 wherever a constant or an
+intermediate defaults to the wide type.  This module is not marked (x64 off,
+JAX's default; its fixture also asserts so and clears its caches after) and
+checks in true float32, against lax.scan
 (``solve(..., method="sequential")``): the states of every parallel method and
 DEER / quasi-DEER mode (the solver's own iterate, on_failure="return", which
 must have converged), gradients w.r.t. params, h0 and xs for every method, the

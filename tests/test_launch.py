@@ -224,7 +224,7 @@ def test_sbatch_sets_seqtrain_env_per_task_and_requeues_on_time_limit_signal(tmp
   bin_dir.mkdir()
   rec = tmp_path / "rec"
   rec.mkdir()
-  _stub(bin_dir, "srun", f"""
+  _stub(bin_dir, "srun", """
       while [[ "$1" == --* ]]; do shift; done        # srun's own options
       for i in 0 1; do SLURM_PROCID=$i SLURM_LOCALID=0 "$@" & done
       wait

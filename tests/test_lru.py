@@ -15,6 +15,8 @@ from seqtrain.models.classifier import SequenceClassifier, masked_max
 from seqtrain.nn import LRUCell, ParallelRNN
 from seqtrain.solvers import solve
 
+pytestmark = pytest.mark.x64  # float64 exactness against lax.scan (tests/conftest.py)
+
 METHODS = ("quasi_deer", "deer", "elk", "quasi_elk")
 # LLVM at -O0 (HLO passes unchanged): compiling is nearly all of these tests' time.
 FAST_COMPILE = {"xla_backend_optimization_level": 0}

@@ -8,6 +8,8 @@ from flax import linen as nn
 
 from seqtrain.models import SequenceClassifier
 
+pytestmark = pytest.mark.x64  # float64 exactness against lax.scan (tests/conftest.py)
+
 
 def _task(key, n, t=32, classes=3):
   """Class k: a sine of frequency k+1 buried in noise (length varies per example)."""

@@ -13,6 +13,8 @@ from seqtrain.nn import DiagGRUCell, DiagLSTMCell, ParallelRNN
 from seqtrain.nn.cells import cell_functions
 from seqtrain.solvers import canonical_method, resolve_method
 
+pytestmark = pytest.mark.x64  # float64 exactness against lax.scan (tests/conftest.py)
+
 METHODS = ["deer", "quasi_deer", "elk", "quasi_elk"]
 CELLS = {
     "gru": lambda d, dt: nn.GRUCell(d, param_dtype=dt, dtype=dt),

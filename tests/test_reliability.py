@@ -1,12 +1,10 @@
 """Faults: killed processes, damaged checkpoints, non-finite updates, strict solver mode."""
-import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.x64  # float64 exactness against lax.scan (tests/conftest.py)
+
 DEVICES = 4
 FORCED = 8
 

@@ -4,8 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqtrain.solvers import SolverError, default_tolerances, solve
-from cells import _orth, gru_diag, gru_params, gru_step, make_problem, tanh_step
+from seqtrain.solvers import default_tolerances, solve
+from cells import _orth, gru_diag, gru_params, gru_step, make_problem
+
+pytestmark = pytest.mark.x64  # float64 exactness against lax.scan (tests/conftest.py)
 
 
 def test_unknown_method_lists_valid_ones():

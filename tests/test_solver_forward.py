@@ -12,12 +12,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from seqtrain.solvers import solve
-from cells import gru_diag, make_problem
+from cells import make_problem
 from grids import product, rotate
+
+pytestmark = pytest.mark.x64  # float64 exactness against lax.scan (tests/conftest.py)
 
 PARALLEL = ["deer", "quasi_deer", "elk", "quasi_elk"]
 CELLS = ["gru", "lstm", "tanh"]

@@ -16,6 +16,8 @@ from seqtrain.solvers import solve
 from cells import gru_diag, gru_step, make_problem
 from grids import FULL, product, rotate
 
+pytestmark = pytest.mark.x64  # float64 exactness against lax.scan (tests/conftest.py)
+
 PARALLEL = ["deer", "quasi_deer", "elk", "quasi_elk"]
 RTOL = {jnp.float64: 1e-6, jnp.float32: 1e-3}
 

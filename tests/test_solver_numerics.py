@@ -12,6 +12,8 @@ from seqtrain.solvers import STATUS, solve
 from cells import make_problem
 from grids import FULL
 
+pytestmark = pytest.mark.x64  # float64 exactness against lax.scan (tests/conftest.py)
+
 T, D = 48, 3
 # LLVM at -O0 (HLO passes unchanged): compiling is nearly all of these tests' time.
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
