@@ -19,7 +19,7 @@ import numpy as np
 
 from seqtrain.data.ts import DataFormatError, SeriesDataset, read_series_file
 
-__all__ = ["BUNDLED_DIR", "bundled_datasets", "find_split_file", "load_split", "Splits",
+__all__ = ["BUNDLED_DIR", "bundled_datasets", "dataset_folders", "split_file", "find_split_file", "load_split", "Splits",
            "load_splits", "check_compatible", "unknown_classes", "relabel"]
 
 BUNDLED_DIR = Path(__file__).parent / "archive"
@@ -30,22 +30,42 @@ def bundled_datasets() -> list[str]:
   return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / f"{p.name}_TRAIN.ts").exists())
 
 
-def _search_dirs(data_dir: str | os.PathLike | None) -> list[Path]:
-  dirs = [Path(data_dir).expanduser()] if data_dir else []
-  from seqtrain.data.download import cache_dir
-  return dirs + [BUNDLED_DIR, cache_dir()]
+def _search_roots(data_dir: str | os.PathLike | None, defaults: bool = True) -> list[Path]:
+  roots = [Path(data_dir).expanduser()] if data_dir else []
+  if defaults or not roots:
+    from seqtrain.data.download import cache_dir
+    roots += [BUNDLED_DIR, cache_dir()]
+  return roots
+
+
+def dataset_folders(name: str, data_dir: str | os.PathLike | None = None, *,
+                    defaults: bool = True) -> list[Path]:
+  """The folders that may hold dataset ``name``'s ``<name>_<SPLIT>`` files, in the order
+  they are searched: ``data_dir/<name>``, ``data_dir``, then (unless ``defaults`` is
+  False and ``data_dir`` is given) the bundled data and the download cache, each as
+  ``<root>/<name>`` then ``<root>``. The one search order of every reader (the
+  in-memory loader here, the tfds builder)."""
+  return [folder for root in _search_roots(data_dir, defaults) for folder in (root / name, root)]
+
+
+def split_file(folder: Path, name: str, split: str,
+               suffixes: tuple[str, ...] = (".ts", ".npz")) -> Path | None:
+  """``folder/<name>_<SPLIT><suffix>`` for the first suffix that exists, else None."""
+  if split not in SPLIT_FILES:
+    raise ValueError(f"unknown split {split!r}: expected one of {sorted(SPLIT_FILES)}")
+  for suffix in suffixes:
+    path = folder / f"{name}_{SPLIT_FILES[split]}{suffix}"
+    if path.is_file():
+      return path
+  return None
 
 
 def find_split_file(name: str, split: str, data_dir: str | os.PathLike | None = None) -> Path | None:
   """The file of ``split`` of archive dataset ``name``, or None if no folder has it."""
-  if split not in SPLIT_FILES:
-    raise ValueError(f"unknown split {split!r}: expected one of {sorted(SPLIT_FILES)}")
-  stem = f"{name}_{SPLIT_FILES[split]}"
-  for d in _search_dirs(data_dir):
-    for folder in (d / name, d):
-      for suffix in (".ts", ".npz"):
-        if (folder / (stem + suffix)).is_file():
-          return folder / (stem + suffix)
+  for folder in dataset_folders(name, data_dir):
+    path = split_file(folder, name, split)
+    if path is not None:
+      return path
   return None
 
 
@@ -56,7 +76,7 @@ def _not_found(name: str, data_dir) -> DataFormatError:
   if cache.is_dir():
     known += sorted(p.name for p in cache.iterdir() if p.is_dir())
   close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-  where = ", ".join(str(d) for d in _search_dirs(data_dir))
+  where = ", ".join(str(d) for d in _search_roots(data_dir))
   hint = f" Did you mean {', '.join(close)}?" if close else ""
   return DataFormatError(name, f"dataset not found (looked for {name}_TRAIN.ts/.npz in {where})."
                          f"{hint} Download archive datasets with `seqtrain data download {name}`.")
@@ -73,6 +93,11 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None)
 
 @dataclasses.dataclass
 class Splits:
+  """The one container of a dataset's splits (random-access sources), whatever their
+  origin: archive or users' files (``load_splits``), prepared tfds records or a synthetic
+  task (``seqtrain.train.input_pipeline.build_data``, whose ``DataBundle`` adds the
+  run's normalisation and padded length). ``test`` may be None; ``validation`` may be
+  the test split itself when none was held out."""
   train: Any
   validation: Any
   test: Any | None
@@ -80,9 +105,20 @@ class Splits:
   num_channels: int
   description: str = ""
 
-  def items(self):
+  def items(self) -> list[tuple[str, Any]]:
+    """(name, source) of the splits present, in train / validation / test order."""
     return [(k, v) for k, v in (("train", self.train), ("validation", self.validation),
                                 ("test", self.test)) if v is not None]
+
+  def split(self, name: str):
+    """The source of split ``name``; DataFormatError if the dataset has none."""
+    source = dict(self.items()).get(name)
+    if source is None:
+      raise DataFormatError(name, f"this dataset has no {name} split")
+    return source
+
+  def sizes(self) -> dict[str, int]:
+    return {k: len(v) for k, v in self.items()}
 
 
 def unknown_classes(data: SeriesDataset, class_names) -> list[str]:

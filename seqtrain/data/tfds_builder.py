@@ -17,10 +17,11 @@ random access, decoded with numpy). The lengths and labels of every split are
 stored in the prepared dataset's ``metadata.json``, so :class:`TfdsSource` gives
 the input pipeline its ``lengths`` / ``labels`` arrays without reading the records.
 
-Where the ``.ts`` files come from (the first that applies):
+Where the ``.ts`` files come from: the folders of ``sources.dataset_folders`` (the one
+search order of every reader), the first that holds both ``<Name>_TRAIN.ts`` and
+``<Name>_TEST.ts``:
 
-1. ``source_dir`` when given, and only there: ``<source_dir>/<Name>_TRAIN.ts`` or
-   ``<source_dir>/<Name>/<Name>_TRAIN.ts`` (same for ``TEST``);
+1. ``source_dir`` when given, and only there: ``<source_dir>/<Name>/`` or ``<source_dir>``;
 2. the data bundled with seqtrain (``seqtrain/data/archive/<Name>/``);
 3. the download cache of ``seqtrain data download <Name>``
    (``seqtrain.data.download.cache_dir()/<Name>/``).
@@ -43,8 +44,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from seqtrain.data.download import ARCHIVE, cache_dir
-from seqtrain.data.sources import BUNDLED_DIR
+from seqtrain.data.download import ARCHIVE
+from seqtrain.data.sources import BUNDLED_DIR, dataset_folders, split_file
 from seqtrain.data.ts import SeriesDataset, read_ts
 
 __all__ = ["ARCHIVE_DATASETS", "BUNDLED_DIR", "SPLITS", "DatasetNotFoundError", "UeaArchive",
@@ -57,7 +58,6 @@ __all__ = ["ARCHIVE_DATASETS", "BUNDLED_DIR", "SPLITS", "DatasetNotFoundError", 
 ARCHIVE_DATASETS: tuple[str, ...] = tuple(sorted(ARCHIVE, key=str.lower))
 
 SPLITS: tuple[str, ...] = ("train", "test")
-_FILE_SPLIT = {"train": "TRAIN", "test": "TEST"}
 # A config name becomes a directory name: letters, digits and ``_ + - .``.
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_+.-]*$")
 _FILE_FORMAT = "array_record"
@@ -74,14 +74,6 @@ def _check_name(name: str) -> str:
   return name
 
 
-def _candidate_dirs(name: str, source_dir: str | os.PathLike | None) -> list[Path]:
-  """The folders that may hold ``<name>_TRAIN.ts``, in the order they are tried."""
-  if source_dir is not None:
-    root = Path(source_dir).expanduser()
-    return [root, root / name]
-  return [BUNDLED_DIR / name, Path(cache_dir()) / name]
-
-
 def find_ts_files(name: str, source_dir: str | os.PathLike | None = None) -> dict[str, Path]:
   """Resolves the ``.ts`` files of dataset ``name``: ``{"train": path, "test": path}``.
 
@@ -93,10 +85,10 @@ def find_ts_files(name: str, source_dir: str | os.PathLike | None = None) -> dic
     DatasetNotFoundError: no folder holds both files; the message lists where it looked.
   """
   _check_name(name)
-  dirs = _candidate_dirs(name, source_dir)
+  dirs = dataset_folders(name, source_dir, defaults=source_dir is None)
   for d in dirs:
-    files = {split: d / f"{name}_{tag}.ts" for split, tag in _FILE_SPLIT.items()}
-    if all(p.is_file() for p in files.values()):
+    files = {split: split_file(d, name, split, (".ts",)) for split in SPLITS}
+    if all(files.values()):
       return files
   looked = "\n".join(f"  {d / f'{name}_TRAIN.ts'} (and _TEST.ts)" for d in dirs)
   if source_dir is not None:

@@ -215,7 +215,7 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str |
       label = split
   normalizer = Normalizer.from_json(info["normalizer"]) if info.get("normalizer") else None
   bundle = data_lib.DataBundle(None, None, None, tuple(info["class_names"]), info["num_channels"],
-                               normalizer, info["max_length"], "")
+                               normalizer=normalizer, max_length=info["max_length"])
 
   setup = steps_lib.build_train_state(config, len(bundle.class_names), bundle.num_channels, mesh)
   model, abstract, sharding = setup.model, setup.abstract, setup.sharding
