@@ -49,11 +49,9 @@ def _gate_inputs(layers, xs, split: bool):
   """Input projections of the gates for all T, as one matmul.
 
   ``split``: one array per gate, for lax.scan: XLA:CPU slices a step's input
-  out of a stacked array slowly (2-core CPU, GRU D=64, T=10^4, batch 16: a scan
-  took 211 ms over one (T, B, 3D) input against 75 ms over three (T, B, D)
-  ones; nn.RNN: 152 ms).  Otherwise one (..., G D) array, for the chunked
-  solvers, which read every input at a stride once per position (with split
-  inputs quasi-DEER took 86 ms instead of 46 ms at D=8)."""
+  out of a stacked array slowly.  Otherwise one (..., G D) array, for the chunked
+  solvers, which read every input at a stride once per position.  Both measured
+  on CPU: benchmarks/results/cpu-2core-2026-11-27/layout_choices.md."""
   y = _stacked_dense(layers, xs)
   return tuple(jnp.split(y, len(layers), axis=-1)) if split else y
 

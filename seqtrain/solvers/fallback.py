@@ -58,8 +58,8 @@ def _fill(step_b, ok, z, params, z0, xs, length: int, x_batched, reverse=False, 
     return val, z.at[idx].set(val)
 
   # A real conditional on one scalar: when every sequence converged (the usual
-  # case) nothing runs; a while_loop with `need` in its condition still cost a
-  # copy of the trajectory into the loop (3 ms of 30 on a 2-core CPU).
+  # case) nothing runs; a while_loop with `need` in its condition still copied
+  # the trajectory into the loop (benchmarks/results/cpu-2core-2026-11-27/layout_choices.md).
   return lax.cond(need, lambda z: lax.fori_loop(0, length, body, (z0, z))[1], lambda z: z, z)
 
 

@@ -27,6 +27,10 @@ t = c * K + k lives at Z[k, c].  One Newton iteration is
 
 Nothing of size T is ever held per associative-scan level, which is where the
 published implementation's 18x-output scratch memory came from.
+
+The update itself is docs/method.md section 1 (chunk starts: section 2);
+``reference.newton_step`` is it written plainly, and one per-step iteration here
+must equal it (tests/test_reference.py).
 """
 from __future__ import annotations
 
@@ -68,14 +72,13 @@ def default_chunk(t: int, kind: str = "dense", mode: str = "store") -> int:
   within a factor 2 of that (otherwise balanced to minimise padding).  Longer
   chunks mean fewer iterations (errors of the starts contract over a whole
   chunk) but more sequential steps per pass and, in the (C, K) layout, more
-  strided reads; padding costs copies of the inputs and the output.  On a
-  2-core CPU (ParallelRNN GRU, B=16, T=10^4, D=8, float32, forward) K=8 / 16 /
-  32 / 64 / 128 took 47 / 37 / 37 / 38 / 40 ms; K=25 (no padding) 31 ms
-  against 39 ms for K=32 (16 steps of padding).
+  strided reads; padding costs copies of the inputs and the output.
 
   Per-step modes: dense (DEER) about sqrt(T), capped at 128, which keeps the
-  (C, D, D) chunk maps small; diagonal (quasi-DEER) at most 16: on the same CPU
-  16 took 157-164 ms per solve against 263 ms for sqrt(T)=100.
+  (C, D, D) chunk maps small; diagonal (quasi-DEER) at most 16.
+
+  The caps were measured on CPU (benchmarks/results/cpu-2core-2026-11-27/layout_choices.md);
+  gpu_suite.sh's ``chunks/`` step measures them on a GPU.
   """
   if mode == "shoot":
     target = max(1, min(32, int(math.ceil(2 * math.sqrt(t)))))
@@ -305,8 +308,7 @@ def _shoot(lin, params, z0, xs, zinit, *, t, k, c, ops, kind, atol, rtol, max_it
   # Layout (C, K, ...): chunk c holds rows [cK, cK + K), so going to and from
   # it is a free reshape (plus padding).  The transposed (K, C) layout reads
   # contiguous rows per position but needs transposes of the inputs and the
-  # output: on a 2-core CPU (GRU B=16, T=10^4) 29-31 ms against 25 at D=8 and
-  # 206 against 190 ms at D=64.
+  # output (slower on CPU: benchmarks/results/cpu-2core-2026-11-27/layout_choices.md).
   rows = lambda a: _rows(a, k, c, front=reverse)
   xc = jax.tree_util.tree_map(rows, xs)
   # Loop carries start device-varying when the values they take are.
