@@ -33,6 +33,10 @@ def _quiet_logs():
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   for name in ("absl", "orbax", "jax._src.xla_bridge"):
     logging.getLogger(name).setLevel(logging.WARNING)
+  # orbax says so at WARNING on every process and thread when a preemption stops a run;
+  # seqtrain prints its own line ("stopped by a termination signal at step N ...")
+  logging.getLogger("absl").addFilter(
+      lambda record: "preemption sync point" not in str(record.msg))
   warnings.filterwarnings("ignore", message=".*Sharding info not provided.*")
   try:
     from absl import logging as absl_logging
@@ -99,6 +103,14 @@ def _plot(args) -> int:
   from seqtrain.train.plots import plot_run
   print(f"wrote {plot_run(args.workdir, args.out)}")
   return 0
+
+
+def _multi_process() -> bool:
+  """Whether this process joined a multi-process JAX job (without starting JAX)."""
+  if "jax" not in sys.modules:
+    return False
+  from jax._src import distributed
+  return distributed.global_state.client is not None
 
 
 def _user_errors():
@@ -206,6 +218,12 @@ def main(argv=None) -> int:
   if args.command == "bench":
     _quiet_logs()
     return run_bench(args, argv)
+  from seqtrain.parallel.supervise import needs_supervisor, supervise
+  if needs_supervisor(args):   # one process of a multi-process job: see supervise.py
+    pid = args.process_id if args.process_id is not None else \
+        os.environ.get("SEQTRAIN_PROCESS_ID")
+    return supervise(list(sys.argv[1:] if argv is None else argv), args.command, args.workdir,
+                     f"process {pid}" if pid is not None else "this process")
   _quiet_logs()
   commands = {"train": _train, "eval": _eval, "plot": _plot}
   try:
@@ -214,10 +232,10 @@ def main(argv=None) -> int:
     if os.environ.get("SEQTRAIN_DEBUG"):
       raise
     print(f"seqtrain {args.command}: error: {e}", file=sys.stderr)
-    from seqtrain.train.trainer import PeerLostError
-    if isinstance(e, PeerLostError):
-      # JAX's exit handler would wait for the dead peer at a shutdown barrier, then abort
-      # with a C++ stack trace: the message above is the whole report.
+    if _multi_process():
+      # JAX's exit handler would wait for every peer at a shutdown barrier (a dead one
+      # until the heartbeat timeout, then abort with a C++ stack trace): the message
+      # above is the whole report, and the peers stop at their next collective.
       sys.stdout.flush()
       sys.stderr.flush()
       os._exit(2)

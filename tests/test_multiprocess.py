@@ -94,7 +94,10 @@ def test_two_processes_match_one_process(reference):
 def test_sigterm_saves_same_step_on_both_and_resumes_elsewhere(reference, tmp_path):
   root, (_, params_a), _ = reference
   workdir = tmp_path / "C"
-  procs = _spawn_pair(workdir, tmp_path)
+  # A checkpoint every step (same parameters) keeps the run slow enough for the
+  # preemption notice to reach both processes before step 12: with the compilation
+  # cache warm, 12 steps take about 0.2 s.
+  procs = _spawn_pair(workdir, tmp_path, "--config.train.checkpoint_every=1")
   metrics = workdir / "metrics.jsonl"
   deadline = time.time() + TIMEOUT
   while time.time() < deadline and not (metrics.exists() and '"step": 2,' in metrics.read_text()):
@@ -130,7 +133,9 @@ def test_a_killed_peer_ends_the_other_with_one_line(tmp_path):
   assert time.time() - t0 < 30, log    # not JAX's shutdown barrier, then an abort
   errors = [line for line in log.splitlines() if "error" in line.lower()]
   assert len(errors) == 1 and "Traceback" not in log and "Check failure" not in log, log
-  assert "process 1 lost contact with another process near step" in errors[0], log
+  # one of two lines, whichever comes first: the collective's error (caught in Python)
+  # or the runtime's abort (caught by the supervising parent, supervise.py)
+  assert "process 1 lost contact with another process" in errors[0], log
   assert "restart every process with the same command" in errors[0], log
   procs[0].wait()
 
