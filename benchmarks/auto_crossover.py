@@ -23,6 +23,9 @@ def main(argv=None):
   ap.add_argument("--repeats", type=int, default=7)
   ap.add_argument("--out", required=True)
   args = ap.parse_args(argv)
+  from seqtrain.bench.common import dry_run
+  if dry_run(args, "auto crossover"):
+    return 0
 
   import jax
   import jax.numpy as jnp

@@ -3,6 +3,8 @@
 #
 #   bash benchmarks/gpu_suite.sh OUT_DIR            # the full suite, on a GPU
 #   bash benchmarks/gpu_suite.sh --smoke OUT_DIR    # tiny sizes, any machine (CPU too)
+#   SEQTRAIN_BENCH_DRY_RUN=1 bash benchmarks/gpu_suite.sh OUT_DIR   # every step checks its
+#                                                   # arguments and stops (tests/test_bench.py)
 #
 # Needs JAX (+CUDA), flax, optax and orbax importable (torch optional, for the
 # cuDNN baseline); no package index: the repository goes on PYTHONPATH, nothing

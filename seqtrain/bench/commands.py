@@ -9,7 +9,8 @@ from typing import Sequence
 
 from seqtrain.bench.common import (CELLS, DEFAULT_GRID_METHODS, GRID_METHODS, PERSTEP_VARIANTS,
                                    SOLVER_METHODS, TRAIN_METHODS, _METHOD_ALIASES,
-                                   canonical_grid_method, default_out_dir, environment_info)
+                                   canonical_grid_method, default_out_dir, dry_run,
+                                   environment_info)
 from seqtrain.bench.grid import (plot_grid, run_check, run_grid, write_check_report,
                                  write_grid_report)
 from seqtrain.bench.report import summarize
@@ -129,6 +130,8 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
 def run_bench(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
   """Runs ``seqtrain bench`` (or ``benchmarks/solvers.py``) from parsed flags; returns
   the exit code (1 when ``--check`` fails)."""
+  if dry_run(args, "check" if args.check else "layer grid"):
+    return 0
   env = environment_info(argv)
   out = Path(args.out) if args.out else default_out_dir()
   if args.check:
@@ -190,6 +193,8 @@ def training_parser() -> argparse.ArgumentParser:
 
 def main_training(argv: Sequence[str] | None = None) -> int:
   args = training_parser().parse_args(argv)
+  if dry_run(args, "training"):
+    return 0
   if args.smoke:
     args.T, args.depth, args.steps = 64, 2, 2
   env = environment_info(argv)
@@ -230,6 +235,8 @@ def stability_parser() -> argparse.ArgumentParser:
 
 def main_stability(argv: Sequence[str] | None = None) -> int:
   args = stability_parser().parse_args(argv)
+  if dry_run(args, "stability"):
+    return 0
   if args.smoke:
     args.T, args.trials = 50, 2
   import jax
@@ -260,6 +267,8 @@ def main_report(argv: Sequence[str] | None = None) -> int:
   if not out.is_dir():
     print(f"report: error: {out} is not a folder", file=sys.stderr)
     return 2
+  if dry_run(args, "report"):
+    return 0
   if args.plot:
     for path in out.rglob("*.json"):
       try:

@@ -340,3 +340,17 @@ def _write_json_markdown(out_dir: str | Path, name: str, kind: str, rows: list[d
   (out_dir / f"{name}.md").write_text(markdown + "\n")
   paths["markdown"] = out_dir / f"{name}.md"
   return paths
+
+
+DRY_RUN_ENV = "SEQTRAIN_BENCH_DRY_RUN"
+
+
+def dry_run(args, name: str) -> bool:
+  """With SEQTRAIN_BENCH_DRY_RUN=1 a benchmark stops once its arguments are parsed and
+  checked, saying so: how the tests run benchmarks/gpu_suite.sh end to end on any
+  machine (every step's command line is accepted by its script) without benchmarking."""
+  if not os.environ.get(DRY_RUN_ENV):
+    return False
+  print(f"dry run: {name} accepts {sorted(k for k, v in vars(args).items() if v is not None)}",
+        flush=True)
+  return True

@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from seqtrain.bench.common import dry_run
+
 __all__ = ["run_seq_parallel", "seq_parallel_markdown", "main"]
 
 
@@ -185,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    description=__doc__.split("\n")[0])
   add_arguments(parser)
   args = parser.parse_args(argv)
+  if dry_run(args, "sequence parallel"):
+    return 0
   if args.cpu_devices and "xla_force_host_platform_device_count" not in os.environ.get(
       "XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
