@@ -53,6 +53,15 @@ def _spawn_pair(workdir, logdir, *extra):
   return procs
 
 
+def _wait_for_step_2(procs, workdir, logdir):
+  """Until process 0 has written step 2's metrics (both processes still running)."""
+  metrics = workdir / "metrics.jsonl"
+  deadline = time.time() + TIMEOUT
+  while time.time() < deadline and not (metrics.exists() and '"step": 2,' in metrics.read_text()):
+    assert all(p.poll() is None for p in procs), read_log(logdir / "process_0.log")
+    time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
   root = tmp_path_factory.mktemp("mp")
@@ -98,11 +107,7 @@ def test_sigterm_saves_same_step_on_both_and_resumes_elsewhere(reference, tmp_pa
   # preemption notice to reach both processes before step 12: with the compilation
   # cache warm, 12 steps take about 0.2 s.
   procs = _spawn_pair(workdir, tmp_path, "--config.train.checkpoint_every=1")
-  metrics = workdir / "metrics.jsonl"
-  deadline = time.time() + TIMEOUT
-  while time.time() < deadline and not (metrics.exists() and '"step": 2,' in metrics.read_text()):
-    assert all(p.poll() is None for p in procs), read_log(tmp_path / "process_0.log")
-    time.sleep(0.2)
+  _wait_for_step_2(procs, workdir, tmp_path)
   procs[1].send_signal(signal.SIGTERM)
   codes = [p.wait(timeout=TIMEOUT) for p in procs]
   logs = [read_log(tmp_path / f"process_{i}.log") for i in range(2)]
@@ -120,11 +125,7 @@ def test_sigterm_saves_same_step_on_both_and_resumes_elsewhere(reference, tmp_pa
 def test_a_killed_peer_ends_the_other_with_one_line(tmp_path):
   workdir = tmp_path / "K"
   procs = _spawn_pair(workdir, tmp_path, "--config.train.steps=100000")
-  metrics = workdir / "metrics.jsonl"
-  deadline = time.time() + TIMEOUT
-  while time.time() < deadline and not (metrics.exists() and '"step": 2,' in metrics.read_text()):
-    assert all(p.poll() is None for p in procs), read_log(tmp_path / "process_0.log")
-    time.sleep(0.2)
+  _wait_for_step_2(procs, workdir, tmp_path)
   procs[0].kill()
   t0 = time.time()
   code = procs[1].wait(timeout=60)

@@ -55,12 +55,15 @@ def test_output_passes_through_and_runtime_lines_are_held(tmp_path):
       sys.stderr.write("Additional GRPC error information from remote target coordination_service:\\n")
       sys.stderr.write("W1207 07:23:06.000000   20200 trainer.py:88] a Python warning, shown\\n")
       sys.stderr.write("seqtrain train: warning shown\\n")
+      sys.stderr.write({ABSL_W!r})
+      sys.stderr.write("WARNING:seqtrain.train.trainer:a logging record, shown\\n")
       print("done")
   """)
   assert code == 0
   assert out == "step 1/10 | loss 0.5\ndone\n"
   assert err == ("W1207 07:23:06.000000   20200 trainer.py:88] a Python warning, shown\n"
-                 "seqtrain train: warning shown\n")
+                 "seqtrain train: warning shown\n"
+                 "WARNING:seqtrain.train.trainer:a logging record, shown\n")
 
 
 def test_runtime_abort_after_a_lost_peer_is_one_line(tmp_path):

@@ -44,7 +44,8 @@ _STACK = re.compile(r"^\s*(\*\*\* |@\s+0x|\(stack trace|E\d{4}.*\] \*\*\*)")
 _GLOO = re.compile(r"^\[Gloo\] Rank \d+ is connected to")
 # After a held runtime line, the lines of its message (multi-line gRPC / barrier
 # details) are held too, up to the next line that Python or seqtrain itself writes.
-_PYTHON_LINE = re.compile(r"^(seqtrain|Traceback \(most recent call last\)|Exception in thread|"
+_PYTHON_LINE = re.compile(r"^(seqtrain|(DEBUG|INFO|WARNING|ERROR|CRITICAL):|"
+                          r"Traceback \(most recent call last\)|Exception in thread|"
                           r"During handling of the above|\S+\.py:\d+: \w*Warning|"
                           r"[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+\.py:\d+\] )")
 # What the coordination client prints when it aborts because the job lost a task.
@@ -52,6 +53,10 @@ _PEER_LOST = ("Terminating process because the JAX distributed service detected 
               "Polled an error from coordination service",
               "another task died")
 _STATUS = re.compile(r"absl::Status: ([A-Z_]+): ([^.]*)")
+# A Python traceback (of a background thread) that a lost peer causes: orbax's async
+# checkpoint writer timing out at its barrier. Held like the runtime's lines.
+_PEER_TRACEBACK = re.compile(r"^TimeoutError: Timed out while waiting for \S+ barrier")
+_STEP = re.compile(r"^step\s+(\d+)/")   # the trainer's progress lines
 
 
 def needs_supervisor(args, environ=os.environ) -> bool:
@@ -105,14 +110,6 @@ def _parent_death_signal():
   except (OSError, AttributeError):   # pragma: no cover  (not Linux)
     pass
   os.setpgid(0, 0)
-
-
-# A Python traceback (of a background thread) that a lost peer causes: orbax's async
-# checkpoint writer timing out at its barrier. Held like the runtime's lines.
-_PEER_TRACEBACK = re.compile(r"^TimeoutError: Timed out while waiting for \S+ barrier")
-
-
-_STEP = re.compile(r"^step\s+(\d+)/")   # the trainer's progress lines
 
 
 def _pump(src, dst: TextIO, show_all: bool, held: collections.deque, seen_fatal: list,
