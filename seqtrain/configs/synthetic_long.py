@@ -39,7 +39,8 @@ def get_config(arg=None):
   # Training series of every length from T/8 to T (validation and test at T): the
   # short ones carry the same rule with less to remember, which is where learning
   # starts; batches of similar lengths are padded to T/4, T/2 or T.
-  c.data.train_min_length = max(1, length // 8)
+  # (at least 64 steps: the order task holds two 32-step motifs)
+  c.data.train_min_length = min(length, max(64, length // 8))
   c.data.bucket_boundaries = tuple(sorted({max(1, length // 4), max(1, length // 2), length}))
   c.data.bucket_window = 8
   c.model.width = 32
