@@ -1,5 +1,14 @@
 import os
 
+# Hermetic: the caller's SEQTRAIN_* variables (a multi-process setup, SEQTRAIN_DEBUG, a
+# data cache, forced CPU devices) must not change what the tests see, in this process or in
+# the `seqtrain` processes they start; a test that needs one sets it itself.
+# The suite's own switches stay: SEQTRAIN_FULL_TESTS (tests/grids.py) and
+# SEQTRAIN_WRITE_DOCS (tests/test_bad_inputs.py).
+_SUITE_SWITCHES = ("SEQTRAIN_FULL_TESTS", "SEQTRAIN_WRITE_DOCS")
+for _name in [k for k in os.environ if k.startswith("SEQTRAIN_") and k not in _SUITE_SWITCHES]:
+  del os.environ[_name]
+
 # LLVM at -O0 (XLA's HLO passes unchanged): compiling is most of this suite's time, and -O0
 # cuts it by about a third; subprocesses inherit it. Numerics are the same programs'.
 os.environ["XLA_FLAGS"] = " ".join(
