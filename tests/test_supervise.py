@@ -10,7 +10,6 @@ import threading
 import time
 from types import SimpleNamespace
 
-import pytest
 
 from seqtrain.parallel import supervise as sv
 
@@ -48,7 +47,9 @@ def test_needs_supervisor_only_for_multi_process_train_and_eval():
 
 
 def test_output_passes_through_and_runtime_lines_are_held(tmp_path):
-  code, out, err = _run(tmp_path, f"""
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  code, out, err = _run(tmp_path, workdir=str(workdir), body=f"""
       print("step 1/10 | loss 0.5")
       print("[Gloo] Rank 0 is connected to 1 peer ranks. Expected number of connected peer ranks is : 1")
       sys.stderr.write({ABSL_W!r})
@@ -64,6 +65,9 @@ def test_output_passes_through_and_runtime_lines_are_held(tmp_path):
   assert err == ("W1207 07:23:06.000000   20200 trainer.py:88] a Python warning, shown\n"
                  "seqtrain train: warning shown\n"
                  "WARNING:seqtrain.train.trainer:a logging record, shown\n")
+  kept = (workdir / "runtime-process-1.log").read_text()   # held lines are kept in the workdir
+  assert kept.count("SIGTERM caught") == 2 and "[Gloo] Rank 0" in kept
+  assert "Additional GRPC error information" in kept and "shown" not in kept
 
 
 def test_runtime_abort_after_a_lost_peer_is_one_line(tmp_path):

@@ -10,7 +10,8 @@ run the real work in a child process (this module imports no JAX) and the parent
 
 * passes the child's output through, holding back the runtime's own log lines
   (absl ``W1207 12:00:00.000 123 file.cc:45] ...``, the ``[Gloo] Rank ...``
-  connection lines, C++ stack traces): ``SEQTRAIN_DEBUG=1`` shows them all;
+  connection lines, C++ stack traces): ``SEQTRAIN_DEBUG=1`` shows them all, and
+  they are appended to ``<workdir>/runtime-process-<i>.log`` when the workdir exists;
 * forwards SIGTERM / SIGINT / SIGHUP / SIGUSR1 to the child (its own process
   group: a launcher's group signal reaches the parent, which passes it on once);
 * exits with the child's code; when the child was aborted by the runtime because
@@ -99,6 +100,19 @@ def peer_lost_line(command: str, process: str, held: Sequence[str], workdir: str
   return (f"seqtrain {command}: error: {process} lost contact with another process{near}: the "
           f"JAX distributed runtime stopped it ({reason}); {kept}: restart every process with "
           "the same command to resume (SEQTRAIN_DEBUG=1 shows the runtime's log)")
+
+
+def _keep(held: Sequence[str], workdir: str | None, process: str):
+  """Appends the held-back runtime lines to ``<workdir>/runtime-<process>.log`` when the
+  workdir exists (a run that failed before making it leaves nothing behind)."""
+  if not held or not workdir or not Path(workdir).is_dir():
+    return
+  name = "runtime-" + process.replace(" ", "-") + ".log"
+  try:
+    with open(Path(workdir) / name, "a") as f:
+      f.writelines(held)
+  except OSError:   # a full or read-only disk: the lines are not worth an error
+    pass
 
 
 def _parent_death_signal():
@@ -191,6 +205,7 @@ def supervise(argv: Sequence[str], command: str, workdir: str | None, process: s
       signal.signal(s, h)
     for t in pumps:
       t.join(timeout=5)
+  _keep(held, workdir, process)
   if code == 0 or code == 2 or show_all:
     return 128 - code if code < 0 else code
   if seen_fatal and code in (-signal.SIGABRT, 128 + signal.SIGABRT):
