@@ -10,7 +10,6 @@ import threading
 import time
 from types import SimpleNamespace
 
-
 from seqtrain.parallel import supervise as sv
 
 ABSL_W = "W1207 07:23:05.490057   20200 preemption_sync_manager.cc:147] SIGTERM caught at step 12\n"
