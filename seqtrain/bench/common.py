@@ -127,24 +127,24 @@ def compiled_memory(compiled) -> dict:
   return out
 
 
-def device_peak_bytes() -> int | None:
-  """The device's peak bytes in use so far in this process (GPU/TPU; None on CPU)."""
+def _device_stat(key: str) -> int | None:
+  """``key`` of the first device's ``memory_stats()``, or None where the backend has none."""
   import jax
   try:
     stats = jax.devices()[0].memory_stats()
   except Exception:
     return None
-  return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+  return int(stats[key]) if stats and key in stats else None
+
+
+def device_peak_bytes() -> int | None:
+  """The device's peak bytes in use so far in this process (GPU/TPU; None on CPU)."""
+  return _device_stat("peak_bytes_in_use")
 
 
 def device_memory_limit() -> int | None:
   """Bytes JAX may use on the first device (None where the backend does not say)."""
-  import jax
-  try:
-    stats = jax.devices()[0].memory_stats()
-  except Exception:
-    return None
-  return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
+  return _device_stat("bytes_limit")
 
 
 def default_memory_budget() -> int:

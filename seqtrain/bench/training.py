@@ -9,7 +9,7 @@ import numpy as np
 
 from seqtrain.bench.common import (Log, PERSTEP_VARIANTS, TRAIN_METHODS, _env_lines, _fmt, _fmt_ms,
                                    _mb, _say, _short_error, _write_json_markdown, compiled_memory,
-                                   device_peak_bytes, solver_variant)
+                                   device_peak_bytes, solver_variant, time_calls)
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,28 +83,24 @@ def run_training(*, T: int = 17_984, batch: int = 4, steps: int = 5,
       compiled = step.lower(state0, data).compile()
       row["compile_s"] = time.perf_counter() - t0
       row.update(compiled_memory(compiled))
-      t0 = time.perf_counter()
-      state, metrics = compiled(state0, data)
-      jax.block_until_ready((state, metrics))
-      row["warmup_s"] = warm = time.perf_counter() - t0
-      row["loss_first"] = float(metrics["loss"])
-      n = max(1, int(steps))
-      if time_limit is not None and warm * n > time_limit:
-        n = max(1, min(n, int(time_limit // max(warm, 1e-9))))
-      times = []
-      for _ in range(n):
-        t0 = time.perf_counter()
-        state, metrics = compiled(state, data)
-        jax.block_until_ready((state, metrics))
-        times.append(time.perf_counter() - t0)
-      row.update(step_s=float(np.median(times)), times_s=times, steps=n,
-                 steps_per_s=1.0 / float(np.median(times)), loss_last=float(metrics["loss"]),
+      carry = [state0, None]   # each step starts from the previous one's state
+
+      def one_step():
+        carry[0], carry[1] = compiled(carry[0], data)
+        return tuple(carry)
+
+      timing, (_, first) = time_calls(one_step, repeats=steps, time_limit=time_limit)
+      metrics = carry[1]
+      row.update(warmup_s=timing["warmup_s"], loss_first=float(first["loss"]),
+                 step_s=timing["time_s"], times_s=timing["times_s"], steps=timing["repeats"],
+                 steps_per_s=1.0 / timing["time_s"], loss_last=float(metrics["loss"]),
                  skipped_updates=int(metrics["skipped"]), peak_bytes=device_peak_bytes())
       its = [int(v) for k, v in metrics.items() if k.endswith("iterations")]
       fbs = [int(v) for k, v in metrics.items() if k.endswith("fallbacks")]
       row["iterations"] = max(its) if its else None
       row["fallbacks"] = sum(fbs) if fbs else None
-      del state, metrics
+      carry.clear()   # free this method's state before the next one compiles
+      del first, metrics
     except Exception as e:  # one failing method must not stop the others
       row.update(status="failed", reason=_short_error(e))
     rows.append(row)

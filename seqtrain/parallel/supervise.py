@@ -89,17 +89,22 @@ def latest_checkpoint(workdir: str | None) -> int | None:
   return max(steps) if steps else None
 
 
+def resume_advice(checkpoint_step: int | None) -> str:
+  """The end of every lost-peer line (the trainer's and this parent's): what is kept,
+  what to do."""
+  kept = (f"checkpoints up to step {checkpoint_step} are intact" if checkpoint_step is not None
+          else "no checkpoint was written yet")
+  return f"{kept}: restart every process with the same command to resume"
+
+
 def peer_lost_line(command: str, process: str, held: Sequence[str], workdir: str | None,
                    last_step: int | None = None) -> str:
   status = next((m for line in held for m in [_STATUS.search(line)] if m), None)
   reason = f"{status.group(1)}: {status.group(2).strip()}" if status else "a peer process died"
-  step = latest_checkpoint(workdir)
-  kept = (f"checkpoints up to step {step} are intact" if step is not None
-          else "no checkpoint was written yet")
   near = f" after step {last_step}" if last_step is not None else ""
   return (f"seqtrain {command}: error: {process} lost contact with another process{near}: the "
-          f"JAX distributed runtime stopped it ({reason}); {kept}: restart every process with "
-          "the same command to resume (SEQTRAIN_DEBUG=1 shows the runtime's log)")
+          f"JAX distributed runtime stopped it ({reason}); "
+          f"{resume_advice(latest_checkpoint(workdir))} (SEQTRAIN_DEBUG=1 shows the runtime's log)")
 
 
 def _keep(held: Sequence[str], workdir: str | None, process: str):

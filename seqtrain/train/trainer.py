@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from seqtrain.parallel import mesh as mesh_lib
+from seqtrain.parallel.supervise import resume_advice
 from seqtrain.train import config as config_lib
 from seqtrain.train import input_pipeline as data_lib
 from seqtrain.train import steps as steps_lib
@@ -61,10 +62,8 @@ def peer_lost_message(error: BaseException, step: int, checkpoint_step) -> str |
   detail = next((line.strip() for line in text.splitlines() if line.strip()), "")
   if len(detail) > 160:
     detail = detail[:157] + "..."
-  kept = (f"checkpoints up to step {checkpoint_step} are intact" if checkpoint_step is not None
-          else "no checkpoint was written yet")
   return (f"process {jax.process_index()} lost contact with another process near step {step} "
-          f"({detail}); {kept}: restart every process with the same command to resume")
+          f"({detail}); {resume_advice(checkpoint_step)}")
 
 
 class ResumeError(RuntimeError):
