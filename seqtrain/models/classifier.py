@@ -19,11 +19,12 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 from flax.core import FrozenDict
 
 from seqtrain.nn import DiagGRUCell, DiagLSTMCell, LRUCell, ParallelRNN
-from seqtrain.solvers import sharded
+from seqtrain.solvers import schedule, sharded
 
 CELLS = {"gru": nn.GRUCell, "lstm": nn.LSTMCell, "simple": nn.SimpleCell,
          "diag_gru": DiagGRUCell, "diag_lstm": DiagLSTMCell, "lru": LRUCell}
@@ -98,7 +99,9 @@ class ResidualBlock(_SolverOptionsFrozen, nn.Module):
   seq_axis: str | None = None
 
   @nn.compact
-  def __call__(self, x, lengths, train: bool = False):
+  def __call__(self, x, lengths, train: bool = False, dropout_rng=None):
+    """``dropout_rng``: the key of this block's dropout masks (default: drawn from
+    the "dropout" stream), so that a recomputation draws the same masks."""
     if self.cell not in CELLS:
       raise ValueError(f"unknown cell {self.cell!r}; valid cells: {', '.join(CELLS)}")
     y = nn.LayerNorm(name="norm_rnn")(x) if self.norm_input else x
@@ -109,11 +112,50 @@ class ResidualBlock(_SolverOptionsFrozen, nn.Module):
                     name="rnn")(y, seq_lengths=None if self.seq_axis else lengths)
     if y.shape[-1] != self.width:   # e.g. LRUCell's [Re h, Im h]
       y = _dense(self.width, "rnn_out")(y)
-    x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
+    keys = (None, None)
+    if train and self.dropout > 0:
+      keys = jax.random.split(self.make_rng("dropout") if dropout_rng is None else dropout_rng)
+    x = x + nn.Dropout(self.dropout, deterministic=not train)(y, rng=keys[0])
     y = nn.LayerNorm(name="norm_mlp")(x)
     y = nn.gelu(_dense(self.width * self.mlp_ratio, "mlp_in")(y))
     y = _dense(self.width, "mlp_out")(y)
-    return x + nn.Dropout(self.dropout, deterministic=not train)(y)
+    return x + nn.Dropout(self.dropout, deterministic=not train)(y, rng=keys[1])
+
+
+def _float0_like(a):
+  return np.zeros(np.shape(a), jax.dtypes.float0)
+
+
+def recomputed(block: ResidualBlock, x, lengths, train: bool):
+  """``block(x, lengths, train)`` that keeps only its input for the backward pass
+  and recomputes the rest there (activation checkpointing), started only once
+  the block's output cotangent exists (``solvers.schedule.after``): XLA then
+  holds one block's intermediates at a time, not every block's
+  (benchmarks/results/cpu-2core-2026-12-07/train_memory.md). Costs one more
+  forward pass of the block, its solve included."""
+  definition = block.clone(parent=None)
+
+  def run(params, x, lengths, key):
+    return definition.apply({"params": params}, x, lengths, train, key,
+                            mutable=["solver_stats"])[0]
+
+  def key_of(mdl):
+    return mdl.make_rng("dropout") if train and block.dropout > 0 else None
+
+  def fn(mdl, x, lengths):
+    return mdl(x, lengths, train, key_of(mdl))
+
+  def fwd(mdl, x, lengths):
+    key = key_of(mdl)
+    return mdl(x, lengths, train, key), (mdl.variables["params"], x, lengths, key)
+
+  def bwd(res, g):
+    params, x, lengths, key = schedule.after(res, g)
+    _, vjp = jax.vjp(lambda p, x_: run(p, x_, lengths, key), params, x)
+    dparams, dx = vjp(g)
+    return {"params": dparams}, dx, _float0_like(lengths)
+
+  return nn.custom_vjp(fn, fwd, bwd)(block, x, lengths)
 
 
 class SequenceClassifier(_SolverOptionsFrozen, nn.Module):
@@ -146,6 +188,7 @@ class SequenceClassifier(_SolverOptionsFrozen, nn.Module):
   series_norm: bool = False
   members: int = 1
   seq_axis: str | None = None
+  recompute: bool = False
 
   @nn.compact
   def __call__(self, x, lengths=None, *, train: bool = False):
@@ -185,9 +228,13 @@ class SequenceClassifier(_SolverOptionsFrozen, nn.Module):
       # The first block reads the encoder's output as it is: a LayerNorm over
       # features of a projection of few channels keeps little more than their
       # signs (one channel: exactly the sign), and the recurrence needs amplitudes.
-      h = ResidualBlock(self.width, self.cell, self.method, self.solver_options, self.mlp_ratio,
-                        self.dropout, norm_input=i > 0, seq_axis=axis,
-                        name=f"block_{i}")(h, lengths, train)
+      block = ResidualBlock(self.width, self.cell, self.method, self.solver_options,
+                            self.mlp_ratio, self.dropout, norm_input=i > 0, seq_axis=axis,
+                            name=f"block_{i}")
+      if self.recompute and not self.is_initializing():
+        h = recomputed(block, h, lengths, train)
+      else:
+        h = block(h, lengths, train)
     head = _dense(self.num_classes, "head")
     if self.pooling == "mean_logits":
       return masked_mean(head(h), mask, axis)
@@ -207,7 +254,7 @@ class SequenceClassifier(_SolverOptionsFrozen, nn.Module):
     fields = {f: getattr(self, f) for f in ("num_classes", "width", "depth", "cell", "method",
                                             "solver_options", "pooling", "mlp_ratio",
                                             "dropout", "stem_kernel", "series_norm",
-                                            "seq_axis")}
+                                            "seq_axis", "recompute")}
     # nn.vmap drops keyword arguments: ``train`` travels as a field of the member
     members = nn.vmap(_Member, variable_axes={"params": 0, "solver_stats": 0},
                       split_rngs={"params": True, "dropout": True}, in_axes=(None, None),

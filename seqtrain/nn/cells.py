@@ -56,13 +56,11 @@ def _gate_inputs(layers, xs, split: bool):
   return tuple(jnp.split(y, len(layers), axis=-1)) if split else y
 
 
-def _gate(a, k: int, d: int):
-  return a[..., k * d:(k + 1) * d]
-
-
-def _x_gate(x, k: int, d: int):
-  """Gate k's projected input from split (tuple) or stacked (..., G D) inputs."""
-  return x[k] if isinstance(x, (tuple, list)) else _gate(x, k, d)
+def _gates(a, g: int):
+  """The G gates of split (tuple) or stacked (..., G D) arrays. One split, not G
+  slices: its transpose (in every VJP) is one concatenate, where G slices
+  transpose to G zero-padded full-width copies that XLA:CPU materialises."""
+  return tuple(a) if isinstance(a, (tuple, list)) else tuple(jnp.split(a, g, axis=-1))
 
 
 def _gru_fns(rec, rec_diag, names=("ir", "iz", "in")):
@@ -73,12 +71,11 @@ def _gru_fns(rec, rec_diag, names=("ir", "iz", "in")):
     return _gate_inputs([p[k] for k in names], xs, split)
 
   def parts(p, h, x):
-    d = h.shape[-1]
-    pre = rec(p, h)
-    r = jax.nn.sigmoid(_x_gate(x, 0, d) + _gate(pre, 0, d))
-    z = jax.nn.sigmoid(_x_gate(x, 1, d) + _gate(pre, 1, d))
-    hn = _gate(pre, 2, d)
-    n = jnp.tanh(_x_gate(x, 2, d) + r * hn)
+    xr, xz, xn = _gates(x, 3)
+    pr, pz, hn = _gates(rec(p, h), 3)
+    r = jax.nn.sigmoid(xr + pr)
+    z = jax.nn.sigmoid(xz + pz)
+    n = jnp.tanh(xn + r * hn)
     return r, z, hn, n
 
   def step(p, h, x):
@@ -111,9 +108,8 @@ def _lstm_fns(rec, rec_diag):
 
   def parts(p, carry, x):
     c, h = carry
-    d = h.shape[-1]
-    rh = rec(p, h)
-    pre = [_x_gate(x, k, d) + _gate(rh, k, d) for k in range(len(_LSTM_GATES))]
+    g = len(_LSTM_GATES)
+    pre = [a + b for a, b in zip(_gates(x, g), _gates(rec(p, h), g))]
     i, f, o = jax.nn.sigmoid(pre[0]), jax.nn.sigmoid(pre[1]), jax.nn.sigmoid(pre[3])
     g = jnp.tanh(pre[2])
     c_new = f * c + i * g

@@ -19,6 +19,7 @@ from seqtrain.solvers import sharded
 from seqtrain.solvers.fallback import sequential_fill
 from seqtrain.solvers.implicit import adjoint_step, exact_jvp, normalised
 from seqtrain.solvers.newton import newton_solve
+from seqtrain.solvers.schedule import after
 from seqtrain.solvers.scan import linear_scan
 from seqtrain.solvers.stopping import real_dtype
 
@@ -104,12 +105,51 @@ def approx_adjoint(diag_lin, params, zprev, xs, g):
   return linear_scan(_shift_next(diag), g, kind="diag", reverse=True)
 
 
+# Steps per block of input_gradients' VJP (at least; see _time_blocks).
+GRADIENT_BLOCK = 2048
+
+
+def _time_blocks(t: int, most: int = 16) -> int:
+  """How many equal time blocks input_gradients takes its VJP in: up to ``most``,
+  each of at least GRADIENT_BLOCK steps, dividing T (1 if none does)."""
+  for n in range(min(most, t // GRADIENT_BLOCK), 1, -1):
+    if t % n == 0:
+      return n
+  return 1
+
+
 def input_gradients(fz: Callable, params, z0, zprev, xs, mu, axis=None):
   """Cotangents of (params, h0, xs) from the adjoint mu.  With ``axis`` they
   are this device's parts (the transpose of the varying cast sums them); h0
-  enters the first device's block only."""
-  _, vjp = jax.vjp(lambda p, zp, x: _vmapped(fz)(p, zp, x), params, zprev, xs)
-  dparams, dzprev, dxs = vjp(mu)
+  enters the first device's block only.
+
+  One VJP of the step at every position. Over a long sequence it runs block
+  by block (a scan adding up the parameters' cotangents): its intermediates
+  (the gates' cotangents, several times the states' size) then exist for one
+  block at a time, not for all T steps."""
+  vjp_of = lambda zp, x, m: jax.vjp(lambda p, zp_, x_: _vmapped(fz)(p, zp_, x_),
+                                    params, zp, x)[1](m)
+  t = mu.shape[0]
+  n = _time_blocks(t)
+  if n == 1:
+    dparams, dzprev, dxs = vjp_of(zprev, xs, mu)
+  else:
+    size = t // n
+    part = lambda a, i: lax.dynamic_slice_in_dim(a, i * size, size)
+    put = lambda a, v, i: lax.dynamic_update_slice_in_dim(a, v, i * size, 0)
+
+    def body(i, carry):
+      acc, dzprev, dxs = carry
+      dp, dzp, dx = vjp_of(part(zprev, i), jax.tree_util.tree_map(lambda a: part(a, i), xs),
+                           part(mu, i))
+      return (jax.tree_util.tree_map(jnp.add, acc, dp), put(dzprev, dzp, i),
+              jax.tree_util.tree_map(lambda a, v: put(a, v, i), dxs, dx))
+
+    # Outputs written in place, started from the adjoint (not from constants,
+    # which XLA would materialise early and copy: schedule.after).
+    zeros = lambda tree: after(jax.tree_util.tree_map(jnp.zeros_like, tree), mu, vary=True)
+    acc = jax.tree_util.tree_map(lambda p: sharded.like(jnp.zeros_like(p), p), params)
+    dparams, dzprev, dxs = lax.fori_loop(0, n, body, (acc, zeros(zprev), zeros(xs)))
   dz0 = dzprev[0]
   if axis is not None:
     dz0 = jnp.where(sharded.is_edge(axis, False), dz0, jnp.zeros_like(dz0))
@@ -149,7 +189,11 @@ def shoot_adjoint(fz, lin, params, zprev, xs, g, *, kind, atol, rtol, max_iter, 
     lin_t = lambda p, w, inp: (step(p, w, inp), jnp.swapaxes(lin(p, inp[1], inp[2])[1], -1, -2))
 
   def solve_w(p, w_end, inputs):
-    return newton_solve(lin_t, p, w_end, inputs, jnp.zeros((t,) + w_end.shape, w_end.dtype),
+    # The zero start made from the cotangent: a constant one is materialised
+    # (batched) early, one per layer, and held until that layer's adjoint runs.
+    start = after(jnp.zeros((t,) + w_end.shape, w_end.dtype), inputs[0],
+                  vary=True)
+    return newton_solve(lin_t, p, w_end, inputs, start,
                         length=t, kind=kind, atol=atol, rtol=rtol, max_iter=max_iter,
                         chunk=chunk, mode="shoot", reverse=True, fallback=step, give_up=give_up,
                         axis=axis)

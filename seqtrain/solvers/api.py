@@ -18,6 +18,7 @@ from seqtrain.solvers.implicit import exact_jvp
 from seqtrain.solvers.jacobians import (dense_linearization, flat_diag_hook, flat_step,
                                         jvp_diag_linearization)
 from seqtrain.solvers.newton import newton_solve
+from seqtrain.solvers.schedule import after
 from seqtrain.solvers.spec import AUTO, INITS, SolverSpec, canonical_method
 from seqtrain.solvers.stopping import real_dtype
 
@@ -239,6 +240,9 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str | None = No
       zinit = jax.vmap(fz, in_axes=(None, None, 0))(p, z0_, xs_)
     else:
       zinit = z_init_given.astype(z0_.dtype)
+    # A constant start (zeros) would be materialised whenever XLA likes, and a
+    # recomputed forward pass (model.recompute) then holds one per layer.
+    zinit = after(zinit, xs_, vary=True)
     z, st, lam = _FORWARD[method](problem, p, z0_, xs_, zinit)
     return z, (st, lam)
 
@@ -269,8 +273,10 @@ def solve(step: Callable, params: Any, h0: Any, xs: Any, method: str | None = No
     return (z, info), (p, z0_, xs_, z)
 
   def run_bwd(res, cts):
-    p, z0_, xs_, z = res
     g = cts[0]
+    # The adjoint's linearisations need only the saved values: computed from
+    # the cotangent's arrival, one layer's at a time are live (schedule.py).
+    p, z0_, xs_, z = after(res, g)
     first = z0_ if seq_axis is None else sharded.boundary(z0_, z[-1], seq_axis, reverse=False)
     zprev = jnp.concatenate([first[None], z[:-1]])
     mu = _ADJOINT[adjoint](problem, p, zprev, xs_, g)

@@ -78,6 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.members = 1                # > 1: an ensemble of this many models, one vmapped step
   c.model.series_norm = False        # per-series z-norm + each series' mean and log std as inputs
   c.model.stem_kernel = 1            # > 1: causal convolution of this many steps before the encoder
+  c.model.recompute = False          # backward pass recomputes each block: less memory, 1 more forward
   c.model.solver = ml_collections.ConfigDict()
   c.model.solver.method = "auto"     # auto: by backend and length (resolve_method) | METHODS
   c.model.solver.max_iter = 0        # 0: the solver's default

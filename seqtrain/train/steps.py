@@ -62,7 +62,7 @@ def build_model(config, num_classes: int) -> SequenceClassifier:
                             method=m.solver.method, solver_options=solver_options(config),
                             pooling=m.pooling, mlp_ratio=m.mlp_ratio, dropout=m.dropout,
                             stem_kernel=m.stem_kernel, series_norm=m.series_norm,
-                            members=m.members, seq_axis=seq_axis)
+                            members=m.members, seq_axis=seq_axis, recompute=m.recompute)
 
 
 def build_optimizer(config) -> optax.GradientTransformation:

@@ -1,0 +1,51 @@
+"""Ordering hints for XLA's scheduler, in the data flow (pure JAX).
+
+A backward rule that reads saved values (a layer's inputs, its states) and an
+incoming cotangent has two parts: what needs only the saved values (the
+linearisations of the adjoint, a recomputed forward pass) and what needs the
+cotangent. XLA may run the first part of every layer as soon as the forward
+pass ends, and then holds all of their outputs at once: the training step's
+peak memory grows by that much per layer. ``lax.optimization_barrier`` does
+not stop it on XLA:CPU (the barrier is expanded before scheduling), so
+:func:`after` ties the saved values to the cotangent through the data itself.
+Measured effect: benchmarks/results/cpu-2core-2026-12-07/train_memory.md.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from seqtrain.solvers import vma
+
+__all__ = ["after"]
+
+
+def _zero_from(anchor):
+  """A scalar 0 that XLA can only compute once ``anchor`` exists (0 for any
+  finite, infinite or NaN first element: no value of the anchor leaks in)."""
+  first = jnp.ravel(jax.tree_util.tree_leaves(anchor)[0])[0]
+  return 0 * jnp.nan_to_num(jnp.real(first))
+
+
+def after(tree, anchor, *, vary: bool = False):
+  """``tree`` unchanged, but every floating leaf computed from ``anchor`` (a
+  data dependency): nothing derived from those leaves can be scheduled before
+  the anchor exists.
+
+  Inside ``jax.shard_map``: a leaf that does not vary over the mesh axes the
+  anchor varies over is returned as it is (its type, and its cotangent's, stay
+  the same), or with ``vary`` (for fresh values such as a solver's zero start)
+  made varying and tied."""
+  zero = _zero_from(anchor)
+  axes = vma.varying_axes(zero)
+
+  def tie(leaf):
+    if not (hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact)):
+      return leaf
+    if not axes <= vma.varying_axes(leaf):
+      if not vary:
+        return leaf
+      leaf = vma.varying(leaf, axes)
+    return leaf + zero.astype(leaf.dtype)
+
+  return jax.tree_util.tree_map(tie, tree)
