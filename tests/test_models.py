@@ -136,3 +136,36 @@ def test_ensemble_members_apply_dropout_in_training():
                                        mutable=["solver_stats"])[0]
   assert float(jnp.max(jnp.abs(run(True, 2) - run(True, 3)))) > 1e-3
   np.testing.assert_array_equal(run(False, 2), run(False, 3))
+
+
+@pytest.mark.parametrize("method,members,dropout", [("quasi_deer", 1, 0.3),
+                                                    ("sequential", 2, 0.0)])
+def test_recompute_gives_the_same_training_step(method, members, dropout):
+  """``recompute``: the backward pass recomputes each block from its input; the
+  loss, the gradients, the dropout masks and the solver statistics are those
+  of the stored forward pass (float64)."""
+  x = jax.random.normal(jax.random.key(0), (3, 24, 2), jnp.float64)
+  lengths = jnp.array([24, 17, 9])
+  y = jnp.array([0, 1, 2])
+  kw = dict(num_classes=3, width=8, depth=3, method=method, dropout=dropout, members=members,
+            mlp_ratio=2, solver_options={"atol": 1e-9, "rtol": 1e-9})
+  params = SequenceClassifier(**kw).init(jax.random.key(1), x, lengths)["params"]
+
+  def step(recompute):
+    model = SequenceClassifier(**kw, recompute=recompute)
+
+    def loss(p):
+      logits, stats = model.apply({"params": p}, x, lengths, train=True,
+                                  rngs={"dropout": jax.random.key(2)}, mutable=["solver_stats"])
+      logp = jax.nn.log_softmax(logits)
+      return -jnp.mean(jnp.take_along_axis(logp, y.reshape((1,) * (logp.ndim - 2) + (3, 1)),
+                                           -1)), stats
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+
+  (l0, s0), g0 = step(False)
+  (l1, s1), g1 = step(True)
+  np.testing.assert_allclose(l1, l0, rtol=1e-12)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12),
+                         g1, g0)
+  assert jax.tree_util.tree_structure(s1) == jax.tree_util.tree_structure(s0)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, s1, s0)

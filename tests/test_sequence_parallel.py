@@ -105,6 +105,13 @@ else:
     if method != "sequential":
       assert 1 <= int(info.iterations) <= 6, info
 
+  def test_input_gradients_in_time_blocks(monkeypatch):
+    """Each device's final VJP in time blocks (adjoint.input_gradients; 128 steps
+    per device in 16 blocks of 8): the gradients stay lax.scan's."""
+    from seqtrain.solvers import adjoint
+    monkeypatch.setattr(adjoint, "GRADIENT_BLOCK", 8)
+    check("lstm", "quasi_deer", 4, 512, jnp.float64, on_failure="return", give_up=None)
+
   @pytest.mark.parametrize("method", ["deer", "quasi_deer"])
   def test_matches_scan_float32(method):
     info = check("gru", method, 8, 1024, jnp.float32, on_failure="return", give_up=None)
@@ -188,12 +195,13 @@ else:
       jax.shard_map(lambda v, x: sharded.apply(v, x, reverse=True), mesh=_mesh(),
                     in_specs=(P(), P(None, "seq")), out_specs=(P(), P(None, "seq")))(params, x)
 
-  @pytest.mark.parametrize("pooling,method", [
-      ("mean", "quasi_deer"), ("max", "deer"), ("mean_max", "sequential"),
-      ("last", "quasi_deer"), ("mean_logits", "sequential")])
-  def test_classifier_same_logits_and_gradients(pooling, method):
+  @pytest.mark.parametrize("pooling,method,recompute", [
+      ("mean", "quasi_deer", False), ("max", "deer", False), ("mean_max", "sequential", False),
+      ("last", "quasi_deer", True), ("mean_logits", "sequential", False)])
+  def test_classifier_same_logits_and_gradients(pooling, method, recompute):
     """Stem (halo from the previous block), series statistics and pooling across
-    devices; lengths that end in different blocks."""
+    devices; lengths that end in different blocks; blocks recomputed in the
+    backward pass (``recompute``) across devices too."""
     b, t = 3, 64
     x = jax.random.normal(jax.random.key(1), (b, t, 2), jnp.float64)
     lengths = jnp.array([64, 50, 17])
@@ -202,7 +210,7 @@ else:
               series_norm=True, solver_options={"atol": 1e-7, "rtol": 1e-7})
     model = SequenceClassifier(**kw)
     params = model.init(jax.random.key(0), x, lengths)["params"]
-    split = SequenceClassifier(**kw, seq_axis="seq")
+    split = SequenceClassifier(**kw, seq_axis="seq", recompute=recompute)
     logits = jax.jit(jax.shard_map(lambda p, x, n: split.apply({"params": p}, x, n),
                                    mesh=_mesh(), in_specs=(P(), P(None, "seq"), P()),
                                    out_specs=P()))

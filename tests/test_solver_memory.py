@@ -40,3 +40,57 @@ def test_quasi_deer_scratch_memory_at_most_4x_output():
         f"= {ratio:.2f}x output")
   assert mem.output_size_in_bytes == out
   assert ratio <= 4.0
+
+
+def test_after_keeps_values_and_types():
+  """schedule.after: the same values (whatever the anchor holds), integer leaves
+  untouched; inside shard_map a leaf keeps its varying type unless ``vary``."""
+  import numpy as np
+  from jax.sharding import PartitionSpec as P
+  from seqtrain.solvers import vma
+  from seqtrain.solvers.schedule import after
+  tree = {"a": jnp.arange(6.0).reshape(2, 3), "n": jnp.arange(3), "c": jnp.ones(2, jnp.complex64)}
+  for first in (1.5, jnp.inf, -jnp.inf, jnp.nan):
+    out = after(tree, jnp.array([first, 2.0]))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, out, tree)
+    assert out["n"].dtype == tree["n"].dtype
+  mesh = jax.make_mesh((1,), ("d",), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=jax.devices()[:1])
+
+  def inner(x):
+    kept = after(jnp.zeros(3), x)
+    made = after(jnp.zeros(3), x, vary=True)
+    assert vma.varying_axes(kept) == frozenset() and vma.varying_axes(made) == {"d"}
+    return made + x
+  out = jax.shard_map(inner, mesh=mesh, in_specs=P("d"), out_specs=P("d"))(jnp.ones(3))
+  np.testing.assert_array_equal(out, jnp.ones(3))
+
+
+def _train_step_temp(depth, recompute, t=4096, b=2, width=32):
+  """Compiled training-step temporaries over one layer's output (B x T x width
+  float32): the base config's GRU blocks with quasi-DEER, one device."""
+  from seqtrain.parallel import mesh as mesh_lib
+  from seqtrain.train import config as config_lib, steps as steps_lib
+  c = config_lib.base_config()
+  c.model.depth, c.model.width, c.model.recompute = depth, width, recompute
+  c.model.solver.method = "quasi_deer"
+  mesh = mesh_lib.make_mesh(("data",), (1,))
+  setup = steps_lib.build_train_state(c, 2, 1, mesh)
+  step = jax.jit(steps_lib.make_train_step(setup.model, setup.tx, mesh, setup.lr_schedule))
+  spec = lambda shape, dtype=jnp.int32: jax.ShapeDtypeStruct(shape, dtype)
+  batch = {"inputs": spec((b, t, 1), jnp.float32), "lengths": spec((b,)),
+           "labels": spec((b,)), "mask": spec((b,), jnp.float32), "index": spec((b,))}
+  mem = step.lower(setup.abstract, batch).compile().memory_analysis()
+  return mem.temp_size_in_bytes / (b * t * width * 4)
+
+
+def test_training_step_memory_per_layer():
+  """Each further layer costs at most 8x its output with ``model.recompute``
+  (measured 3.5x: the block's input and states), and the backward rules keep
+  one layer's adjoint in memory at a time without it (one layer: 19.3x here,
+  30x before they were tied to their cotangents).
+  benchmarks/results/cpu-2core-2026-12-07/train_memory.md."""
+  one, three = _train_step_temp(1, True), _train_step_temp(3, True)
+  print(f"\nrecompute: depth 1 {one:.1f}x, depth 3 {three:.1f}x one layer's output")
+  assert (three - one) / 2 <= 8.0
+  assert _train_step_temp(1, False) <= 24.0
