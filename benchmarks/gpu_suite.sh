@@ -18,7 +18,8 @@
 #                   up to T=1e5
 #   chunks/K/       quasi_deer forward at T=1e5 with chunk length K in {16, 128}, next to
 #                   the default (about 2 sqrt(T), capped at 32: tuned on CPU) in the grid
-#   training/       steps/s of the 5-layer GRU-32 EigenWorms classifier, T=17,984, batch 4
+#   training/       steps/s of the 5-layer GRU-32 EigenWorms classifier, T=17,984, batch 4,
+#                   each method with and without model.recompute (memory vs time)
 #   auto/           method="auto" vs sequential and quasi_deer over T: where the parallel
 #                   solver overtakes lax.scan (copy it into solvers.api.CROSSOVER)
 #   seq_parallel/   one sequence split over P = 1, 2, 4, 8 of the host's GPUs (those
@@ -110,8 +111,8 @@ else
               --time-limit 3 --deadline-s 15)
   CHUNKS=(16 128)
   TRAIN_ARGS=(--T 17984 --batch 4 --depth 5 --width 32
-              --methods sequential,quasi_deer,deer,quasi_elk --steps 5 --time-limit 15
-              --deadline-s 70)
+              --methods sequential,quasi_deer,deer,quasi_elk --recompute both --steps 5
+              --time-limit 15 --deadline-s 90)
   STAB_ARGS=(--T 1000 --trials 10 --fixed-lams 1e-3,1e-1)
   STAB_UNTIL=240   # run the stability benchmark only if the suite is this young (seconds)
   AUTO_ARGS=(--T 64,256,1024,4096,16384 --D 8,64 --batch 16 --repeats 5)

@@ -90,8 +90,11 @@ def test_grid_gradient_pass_and_skips(monkeypatch):
 
 def test_training_benchmark_tiny(tmp_path):
   # sequential compiles fastest; the solver methods share the same step (ParallelRNN)
-  rows = bench.run_training(T=32, depth=1, steps=2, methods=["sequential"], log=lambda _: None)
-  (r,) = rows
+  rows = bench.run_training(T=32, depth=1, steps=2, methods=["sequential"],
+                            recompute=(False, True), log=lambda _: None)
+  r, rc = rows
+  assert (r["method"], rc["method"]) == ("sequential", "sequential+recompute")
+  assert rc["status"] == "ok" and rc["loss_first"] == r["loss_first"], rc
   assert r["status"] == "ok", r
   assert r["steps"] == 2 and len(r["times_s"]) == 2 and r["speedup"] == 1.0
   assert r["steps_per_s"] > 0 and math.isfinite(r["loss_last"]) and r["compile_s"] > 0

@@ -66,31 +66,14 @@ def test_after_keeps_values_and_types():
   np.testing.assert_array_equal(out, jnp.ones(3))
 
 
-def _train_step_temp(depth, recompute, t=4096, b=2, width=32):
-  """Compiled training-step temporaries over one layer's output (B x T x width
-  float32): the base config's GRU blocks with quasi-DEER, one device."""
-  from seqtrain.parallel import mesh as mesh_lib
-  from seqtrain.train import config as config_lib, steps as steps_lib
-  c = config_lib.base_config()
-  c.model.depth, c.model.width, c.model.recompute = depth, width, recompute
-  c.model.solver.method = "quasi_deer"
-  mesh = mesh_lib.make_mesh(("data",), (1,))
-  setup = steps_lib.build_train_state(c, 2, 1, mesh)
-  step = jax.jit(steps_lib.make_train_step(setup.model, setup.tx, mesh, setup.lr_schedule))
-  spec = lambda shape, dtype=jnp.int32: jax.ShapeDtypeStruct(shape, dtype)
-  batch = {"inputs": spec((b, t, 1), jnp.float32), "lengths": spec((b,)),
-           "labels": spec((b,)), "mask": spec((b,), jnp.float32), "index": spec((b,))}
-  mem = step.lower(setup.abstract, batch).compile().memory_analysis()
-  return mem.temp_size_in_bytes / (b * t * width * 4)
-
-
 def test_training_step_memory_per_layer():
   """Each further layer costs at most 8x its output with ``model.recompute``
   (measured 3.5x: the block's input and states), and the backward rules keep
   one layer's adjoint in memory at a time without it (one layer: 19.3x here,
   30x before they were tied to their cotangents).
   benchmarks/results/cpu-2core-2026-12-07/train_memory.md."""
-  one, three = _train_step_temp(1, True), _train_step_temp(3, True)
+  from seqtrain.bench.memory import train_step_temp
+  one, three = train_step_temp(1, True), train_step_temp(3, True)
   print(f"\nrecompute: depth 1 {one:.1f}x, depth 3 {three:.1f}x one layer's output")
   assert (three - one) / 2 <= 8.0
-  assert _train_step_temp(1, False) <= 24.0
+  assert train_step_temp(1, False) <= 24.0

@@ -187,6 +187,8 @@ def training_parser() -> argparse.ArgumentParser:
                  help="skip the methods left after this many seconds")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=None)
+  p.add_argument("--recompute", choices=["off", "on", "both"], default="off",
+                 help="model.recompute for every method (both: a row with and one without)")
   p.add_argument("--smoke", action="store_true", help="T=64, depth 2, 2 steps")
   return p
 
@@ -204,7 +206,9 @@ def main_training(argv: Sequence[str] | None = None) -> int:
         f"depth={args.depth} width={args.width} -> {out}", flush=True)
   rows = run_training(T=args.T, batch=args.batch, steps=args.steps, methods=args.methods,
                       depth=args.depth, width=args.width, cell=args.cell, seed=args.seed,
-                      time_limit=args.time_limit, deadline_s=args.deadline_s)
+                      time_limit=args.time_limit, deadline_s=args.deadline_s,
+                      recompute={"off": (False,), "on": (True,), "both": (False, True)}[
+                          args.recompute])
   paths = write_training_report(rows, env, out, settings)
   print("wrote " + ", ".join(str(p) for p in paths.values()), flush=True)
   return 0

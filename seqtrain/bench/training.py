@@ -20,7 +20,8 @@ def run_training(*, T: int = 17_984, batch: int = 4, steps: int = 5,
                  methods: Sequence[str] = TRAIN_METHODS, depth: int = 5, width: int = 32,
                  channels: int = 6, num_classes: int = 5, cell: str = "gru", lr: float = 3e-5,
                  seed: int = 0, time_limit: float | None = 60.0,
-                 deadline_s: float | None = None, log: Log = _say) -> list[dict]:
+                 deadline_s: float | None = None, recompute: Sequence[bool] = (False,),
+                 log: Log = _say) -> list[dict]:
   """Steps/s of the papers' EigenWorms classifier per method, on random data.
 
   ``SequenceClassifier(num_classes, width, depth, cell, pooling="mean_logits",
@@ -33,7 +34,8 @@ def run_training(*, T: int = 17_984, batch: int = 4, steps: int = 5,
   steps (fewer when they would exceed ``time_limit``). Rows: method, status,
   compile_s, warmup_s, step_s (median), steps_per_s, speedup (sequential's
   step_s / step_s), iterations (max over layers, last step), fallbacks,
-  loss_first / loss_last, temp_bytes.
+  loss_first / loss_last, temp_bytes. ``recompute``: each method with
+  ``model.recompute`` off and / or on (rows "METHOD+recompute").
   """
   import jax
 
@@ -51,7 +53,7 @@ def run_training(*, T: int = 17_984, batch: int = 4, steps: int = 5,
       "labels": rng.integers(0, num_classes, batch).astype(np.int32),
       "mask": np.ones((batch,), np.float32)}, mesh)
 
-  def setup_for(method):
+  def setup_for(method, rc=False):
     base, options = solver_variant(method)
     c = config_lib.base_config()
     c.seed = seed
@@ -62,13 +64,15 @@ def run_training(*, T: int = 17_984, batch: int = 4, steps: int = 5,
       c.model.solver[field] = value
     c.train.optimizer, c.train.learning_rate, c.train.grad_clip = "adam", lr, 1.0
     c.train.schedule, c.train.warmup_steps = "constant", 0
+    c.model.recompute = rc
     return build_train_state(config_lib.validate(c), num_classes, channels, mesh)
 
   state0 = setup_for("sequential").fresh()   # every method starts from these parameters
   start = time.perf_counter()
   rows: list[dict] = []
-  for method in methods:
-    row: dict[str, Any] = {"method": method, "T": T, "batch": batch, "depth": depth,
+  for method, rc in [(m, rc) for m in methods for rc in recompute]:
+    row: dict[str, Any] = {"method": method + ("+recompute" if rc else ""), "recompute": rc,
+                           "T": T, "batch": batch, "depth": depth,
                            "width": width, "cell": cell, "channels": channels, "status": "ok",
                            "reason": None}
     if deadline_s is not None and time.perf_counter() - start > deadline_s:
@@ -77,7 +81,7 @@ def run_training(*, T: int = 17_984, batch: int = 4, steps: int = 5,
       log(_train_line(row))
       continue
     try:
-      setup = setup_for(method)
+      setup = setup_for(method, rc)
       step = jax.jit(make_train_step(setup.model, setup.tx, mesh, setup.lr_schedule))
       t0 = time.perf_counter()
       compiled = step.lower(state0, data).compile()

@@ -28,6 +28,7 @@ def get_config(arg=None):
   c.model.width = 16
   c.model.depth = 2
   c.model.solver.method = "quasi_deer"
+  c.model.recompute = True   # blocks recomputed in the backward pass: a fraction of the memory
   c.data.train_size = 64
   c.data.validation_size = 1
   c.data.test_size = 2
