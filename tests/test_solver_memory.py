@@ -54,6 +54,8 @@ def test_after_keeps_values_and_types():
     out = after(tree, jnp.array([first, 2.0]))
     jax.tree_util.tree_map(np.testing.assert_array_equal, out, tree)
     assert out["n"].dtype == tree["n"].dtype
+  for empty in (None, (), jnp.zeros((0, 3))):   # nothing to wait for
+    assert after(tree, empty) is tree
   mesh = jax.make_mesh((1,), ("d",), axis_types=(jax.sharding.AxisType.Auto,),
                        devices=jax.devices()[:1])
 

@@ -22,9 +22,12 @@ __all__ = ["after"]
 
 def _zero_from(anchor):
   """A scalar 0 that XLA can only compute once ``anchor`` exists (0 for any
-  finite, infinite or NaN first element: no value of the anchor leaks in)."""
-  first = jnp.ravel(jax.tree_util.tree_leaves(anchor)[0])[0]
-  return 0 * jnp.nan_to_num(jnp.real(first))
+  finite, infinite or NaN first element: no value of the anchor leaks in);
+  None when the anchor holds no number (nothing to wait for)."""
+  leaves = [l for l in jax.tree_util.tree_leaves(anchor) if jnp.size(l)]
+  if not leaves:
+    return None
+  return 0 * jnp.nan_to_num(jnp.real(jnp.ravel(leaves[0])[0]))
 
 
 def after(tree, anchor, *, vary: bool = False):
@@ -37,6 +40,8 @@ def after(tree, anchor, *, vary: bool = False):
   the same), or with ``vary`` (for fresh values such as a solver's zero start)
   made varying and tied."""
   zero = _zero_from(anchor)
+  if zero is None:
+    return tree
   axes = vma.varying_axes(zero)
 
   def tie(leaf):
