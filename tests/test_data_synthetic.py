@@ -305,3 +305,16 @@ def test_task_options_and_direct_construction():
   assert [_digest(direct[i]) for i in range(3)] == \
       [_digest(make_task("spectral", split="train", length=256, size=3)[i]) for i in range(3)]
   assert OrderTask(split="test", length=64).num_classes == 2
+
+
+def test_too_short_names_the_length_that_is():
+  """TooShortError says which option made a series too short (the trainer turns the
+  min_length case into a one-line config error)."""
+  from seqtrain.data.synthetic import TooShortError
+  with pytest.raises(TooShortError, match="motif_length=32 exceeds length=20") as e:
+    make_task("motif", split="train", length=20)
+  assert e.value.field == "length"
+  with pytest.raises(TooShortError, match=r"2 \* motif_length = 64 .* exceeds min_length=50") as e:
+    make_task("order", split="train", length=200, min_length=50)
+  assert e.value.field == "min_length"
+  assert make_task("order", split="train", length=200, min_length=64).min_length == 64

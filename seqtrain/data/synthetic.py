@@ -55,6 +55,15 @@ _LABEL, _LENGTH, _NUISANCE, _NOISE, _STRUCTURE = range(5)
 # ---------------------------------------------------------------- validation
 
 
+class TooShortError(ValueError):
+  """A series length too short for the task's pattern; ``field`` is the option that
+  set it ("length", or "min_length" for the shortest of varying lengths)."""
+
+  def __init__(self, message: str, field: str):
+    super().__init__(message)
+    self.field = field
+
+
 def _check_int(option: str, value: Any, minimum: int) -> int:
   """Return ``value`` as an int, or raise ValueError naming ``option``."""
   if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
@@ -267,6 +276,12 @@ class SyntheticTask:
   def _shortest(self) -> int:
     return self.length if self.min_length is None else self.min_length
 
+  def _check_fits(self, need: int, what: str) -> None:
+    """Raise TooShortError unless the shortest series holds ``need`` steps (``what``)."""
+    if need > self._shortest():
+      field = "length" if self.min_length is None else "min_length"
+      raise TooShortError(f"{what} exceeds {field}={self._shortest()}", field)
+
   def _as_series(self, series: np.ndarray) -> np.ndarray:
     x = np.asarray(series)
     if x.ndim == 1 and self.channels == 1:
@@ -315,9 +330,7 @@ class MotifTask(SyntheticTask):
     set_ = functools.partial(object.__setattr__, self)
     set_("motif_length", _check_int("motif_length", self.motif_length, 1))
     set_("amplitude", _check_float("amplitude", self.amplitude))
-    if self.motif_length > self._shortest():
-      what = "length" if self.min_length is None else "min_length"
-      raise ValueError(f"motif_length={self.motif_length} exceeds {what}={self._shortest()}")
+    self._check_fits(self.motif_length, f"motif_length={self.motif_length}")
     if self.num_classes > self.motif_length * self.channels:
       raise ValueError(f"num_classes={self.num_classes} exceeds motif_length * channels = "
                        f"{self.motif_length * self.channels} (motifs must be orthogonal)")
@@ -456,10 +469,8 @@ class OrderTask(SyntheticTask):
     set_ = functools.partial(object.__setattr__, self)
     set_("motif_length", _check_int("motif_length", self.motif_length, 1))
     set_("amplitude", _check_float("amplitude", self.amplitude))
-    if 2 * self.motif_length > self._shortest():
-      what = "length" if self.min_length is None else "min_length"
-      raise ValueError(f"2 * motif_length = {2 * self.motif_length} (motif_length="
-                       f"{self.motif_length}) exceeds {what}={self._shortest()}")
+    self._check_fits(2 * self.motif_length, f"2 * motif_length = {2 * self.motif_length} "
+                                            f"(motif_length={self.motif_length})")
 
   @property
   def class_names(self) -> tuple[str, ...]:
@@ -555,4 +566,4 @@ def make_task(name: str, *, split: str, length: int, size: int | None = None, se
 
 
 __all__ = ["DEFAULT_SIZES", "MotifTask", "OrderTask", "SPLITS", "SpectralTask", "SyntheticTask",
-           "TASKS", "make_task", "task_options"]
+           "TASKS", "TooShortError", "make_task", "task_options"]

@@ -92,15 +92,15 @@ def synthetic_split(config, split: str):
   ``data.<split>_size`` examples); with ``data.train_min_length`` the training
   series' lengths are uniform in [train_min_length, length] (validation and test
   stay at ``length``)."""
-  from seqtrain.data.synthetic import make_task
+  from seqtrain.data.synthetic import TooShortError, make_task
   d = config.data
   min_length = d.get("train_min_length", 0) if split == "train" else 0
   try:
     return make_task(d.name, split=split, length=d.length, size=d[f"{split}_size"],
                      seed=config.seed, num_classes=d.num_classes, channels=d.channels,
                      min_length=min_length or None)
-  except ValueError as e:
-    if not min_length or "min_length" not in str(e):
+  except TooShortError as e:
+    if e.field != "min_length":
       raise
     from seqtrain.train.config import ConfigError
     raise ConfigError(f"config field data.train_min_length={min_length}: too short for the "
