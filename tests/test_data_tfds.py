@@ -277,3 +277,22 @@ def test_no_tensorflow_imported(tmp_path):
   result = json.loads(proc.stdout.strip().splitlines()[-1])
   assert result == {"imported": [], "modules": []}
   assert list(tmp_path.glob("uea_archive/*/1.0.0/*.array_record-*"))
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_prepare_prints_only_its_own_progress_line(tmp_path, capfd, progress):
+  """tfds's prints and tqdm bars are off; with ``progress`` one line per split
+  (download.Progress, counting series), without it nothing at all."""
+  src = tmp_path / "mine"
+  src.mkdir()
+  (src / "Tiny_TRAIN.ts").write_text(_TRAIN)
+  (src / "Tiny_TEST.ts").write_text(_TEST)
+  tb.prepare("Tiny", tmp_path / "tfds", source_dir=src, progress=progress)
+  out, err = capfd.readouterr()
+  assert out == ""
+  if progress:
+    assert "preparing Tiny train: 3 / 3 (100%) series" in err
+    assert "preparing Tiny test: 2 / 2 (100%) series" in err
+  assert "Downloading and preparing" not in out + err and "%|" not in err
+  if not progress:
+    assert "preparing Tiny" not in err

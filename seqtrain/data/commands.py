@@ -26,11 +26,8 @@ failed download, dataset not downloaded) print one line
 from __future__ import annotations
 
 import argparse
-import contextlib
 import difflib
-import io
 import json
-import logging
 import math
 import sys
 import warnings
@@ -94,7 +91,7 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
                  help="tfds output folder (default: <cache dir>/tfds)")
   p.add_argument("--source-dir", metavar="DIR", help="folder holding <NAME>_TRAIN.ts and "
                  "<NAME>_TEST.ts, directly or in <NAME>/ (default: bundled, then the cache)")
-  p.add_argument("--quiet", action="store_true", help="no progress bars")
+  p.add_argument("--quiet", action="store_true", help="no progress line")
 
   p = sub.add_parser(
       "inspect", help="data quality report of a dataset, file or synthetic task",
@@ -358,24 +355,6 @@ def _canonical_name(name: str) -> str:
   return entry.name if entry is not None else name
 
 
-@contextlib.contextmanager
-def _tfds_quiet(progress: bool):
-  """Silences tfds's "Downloading and preparing" prints (nothing is downloaded) and,
-  unless ``progress``, its progress bars; restores both afterwards."""
-  from tensorflow_datasets.core.utils import tqdm_utils
-  previous = getattr(tqdm_utils, "_active", True)
-  absl_logger = logging.getLogger("absl")  # "Using custom data configuration ..."
-  level = absl_logger.level
-  tqdm_utils.display_progress_bar(bool(progress and previous))
-  absl_logger.setLevel(logging.ERROR)
-  try:
-    with contextlib.redirect_stdout(io.StringIO()):
-      yield
-  finally:
-    tqdm_utils.display_progress_bar(previous)
-    absl_logger.setLevel(level)
-
-
 def _cmd_prepare(args: argparse.Namespace) -> int:
   from seqtrain.data import tfds_builder as tb
   from seqtrain.data.download import cache_dir
@@ -384,8 +363,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
   data_dir = Path(args.data_dir).expanduser() if args.data_dir else cache_dir() / "tfds"
   already = tb.is_prepared(name, data_dir)
   try:
-    with _tfds_quiet(progress=not args.quiet and sys.stderr.isatty()):
-      builder = tb.prepare(name, data_dir, source_dir=args.source_dir)
+    builder = tb.prepare(name, data_dir, source_dir=args.source_dir,
+                         progress=not args.quiet and sys.stderr.isatty())
   except tb.DatasetNotFoundError as e:
     raise CommandError(str(e).replace("pass source_dir= a folder", "pass --source-dir a folder")) \
       from None

@@ -306,20 +306,28 @@ def _fmt_bytes(n: float) -> str:
   return f"{n:.1f} GiB"  # pragma: no cover
 
 
-class _Progress:
-  """A one-line progress report on stderr: bytes / total (percent), speed."""
+class Progress:
+  """A one-line progress report on stderr: done / total (percent), speed. ``unit``:
+  "bytes" (sizes as KiB / MiB) or a noun counted as is ("series"). The one progress
+  line of the package: downloads and `seqtrain data prepare` both use it."""
 
-  def __init__(self, label: str, total: int | None, stream: IO[str] | None = None):
-    self.label, self.total, self.done = label, total, 0
+  def __init__(self, label: str, total: int | None, stream: IO[str] | None = None,
+               unit: str = "bytes"):
+    self.label, self.total, self.done, self.unit = label, total, 0, unit
     self.stream = stream if stream is not None else sys.stderr
     self.start = self.last = time.monotonic()
 
+  def _fmt(self, n: float) -> str:
+    return _fmt_bytes(n) if self.unit == "bytes" else f"{n:,.0f}"
+
   def _line(self) -> str:
     elapsed = max(time.monotonic() - self.start, 1e-6)
-    text = f"{self.label}: {_fmt_bytes(self.done)}"
+    text = f"{self.label}: {self._fmt(self.done)}"
     if self.total:
-      text += f" / {_fmt_bytes(self.total)} ({100 * self.done / self.total:.0f}%)"
-    return f"{text}  {_fmt_bytes(self.done / elapsed)}/s"
+      text += f" / {self._fmt(self.total)} ({100 * self.done / self.total:.0f}%)"
+    rate = self.done / elapsed
+    return (f"{text}  {_fmt_bytes(rate)}/s" if self.unit == "bytes"
+            else f"{text} {self.unit}  {rate:,.0f}/s")
 
   def update(self, n: int) -> None:
     self.done += n
@@ -342,7 +350,7 @@ def _fetch(url: str, out: IO[bytes], label: str, timeout: float, progress: bool)
     with urllib.request.urlopen(req, timeout=timeout) as resp:
       length = resp.headers.get("Content-Length")
       total = int(length) if length and length.strip().isdigit() else None
-      bar = _Progress(label, total) if progress else None
+      bar = Progress(label, total) if progress else None
       try:
         while chunk := resp.read(_CHUNK):
           out.write(chunk)

@@ -34,6 +34,9 @@ Usage::
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import re
 import threading
@@ -44,7 +47,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from seqtrain.data.download import ARCHIVE
+from seqtrain.data.download import ARCHIVE, Progress
 from seqtrain.data.sources import BUNDLED_DIR, dataset_folders, split_file
 from seqtrain.data.ts import SeriesDataset, read_ts
 
@@ -196,9 +199,15 @@ class UeaArchive(tfds.core.GeneratorBasedBuilder):
     # Stored in metadata.json with the dataset: TfdsSource's lengths / labels.
     self.info.metadata[split] = {"lengths": [int(n) for n in data.lengths],
                                  "labels": [int(y) for y in labels]}
+    bar = (Progress(f"preparing {self.builder_config.name} {split}", len(data.series),
+                    unit="series") if getattr(self, "_progress", False) else None)
     for i, (x, y) in enumerate(zip(data.series, labels)):
       yield i, {"series": x, "label": int(y), "length": np.int32(x.shape[0]),
                 "index": np.int64(i)}
+      if bar is not None:
+        bar.update(1)
+    if bar is not None:
+      bar.close()
 
 
 def _builder(name: str, data_dir: str | os.PathLike,
@@ -216,11 +225,32 @@ def is_prepared(name: str, data_dir: str | os.PathLike) -> bool:
   return (_prepared_dir(name, data_dir) / "dataset_info.json").is_file()
 
 
+@contextlib.contextmanager
+def _tfds_silenced():
+  """tfds's own output off while it prepares: its "Downloading and preparing" prints
+  (nothing is downloaded), absl's config lines and its tqdm bars (the progress line
+  is the package's own, download.Progress); all restored afterwards."""
+  from tensorflow_datasets.core.utils import tqdm_utils
+  previous = getattr(tqdm_utils, "_active", True)
+  absl_logger = logging.getLogger("absl")  # "Using custom data configuration ..."
+  level = absl_logger.level
+  tqdm_utils.display_progress_bar(False)
+  absl_logger.setLevel(logging.ERROR)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    tqdm_utils.display_progress_bar(previous)
+    absl_logger.setLevel(level)
+
+
 def prepare(name: str, data_dir: str | os.PathLike,
-            source_dir: str | os.PathLike | None = None) -> UeaArchive:
+            source_dir: str | os.PathLike | None = None, *,
+            progress: bool = False) -> UeaArchive:
   """Writes dataset ``name`` as array_record files under ``data_dir`` (in
   ``uea_archive/<name>/1.0.0``) and returns its builder. Does nothing when it is
-  already prepared there. No internet, no TensorFlow.
+  already prepared there. No internet, no TensorFlow. ``progress``: a progress
+  line per split on stderr (tfds's own output is silenced either way).
 
   Raises:
     DatasetNotFoundError: the ``.ts`` files are not found (see :func:`find_ts_files`).
@@ -228,9 +258,11 @@ def prepare(name: str, data_dir: str | os.PathLike,
   if is_prepared(name, data_dir):
     return _builder(name, data_dir)
   builder = _builder(name, data_dir, source_dir)
-  builder.download_and_prepare(
-      file_format=_FILE_FORMAT,
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  builder._progress = progress
+  with _tfds_silenced():
+    builder.download_and_prepare(
+        file_format=_FILE_FORMAT,
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return builder
 
 

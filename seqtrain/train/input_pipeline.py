@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +120,9 @@ def _tfds(config, workdir):
   else:   # where `seqtrain data prepare` writes: prepared once, reused by every run
     from seqtrain.data.download import cache_dir
     root = cache_dir() / "tfds"
-  tfds_builder.prepare(d.name, root, source_dir=d.data_dir or None)
+  # once per cache folder; a progress line where someone watches (not in logs)
+  tfds_builder.prepare(d.name, root, source_dir=d.data_dir or None,
+                       progress=sys.stderr.isatty())
   train = tfds_builder.data_source(d.name, "train", root)
   test = tfds_builder.data_source(d.name, "test", root)
   if d.validation_fraction > 0:
