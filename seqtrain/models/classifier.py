@@ -174,6 +174,10 @@ class SequenceClassifier(_SolverOptionsFrozen, nn.Module):
   the same parameters give the same logits (ParallelRNN(seq_axis), the stem's
   causal window reads the previous device's last steps, statistics and pooling
   reduce over the axis).
+  ``recompute``: each block keeps only its input for the backward pass and is
+  recomputed there (:func:`recomputed`): about 1x a layer's output per further
+  layer instead of about 20x, for one more forward pass of each block; the same
+  results.
   """
   num_classes: int
   width: int = 32
