@@ -49,10 +49,12 @@ def test_after_keeps_values_and_types():
   from jax.sharding import PartitionSpec as P
   from seqtrain.solvers import vma
   from seqtrain.solvers.schedule import after
-  tree = {"a": jnp.arange(6.0).reshape(2, 3), "n": jnp.arange(3), "c": jnp.ones(2, jnp.complex64)}
-  for first in (1.5, jnp.inf, -jnp.inf, jnp.nan):
+  tree = {"a": jnp.array([[0.0, -0.0, 1.5], [jnp.nan, jnp.inf, -jnp.inf]]), "n": jnp.arange(3),
+          "c": jnp.array([1 - 0.0j, -0.0 + 2j], jnp.complex64)}
+  bits = lambda t: jax.tree_util.tree_map(lambda a: np.asarray(a).tobytes(), t)
+  for first in (1.5, -2.0, -0.0, jnp.inf, -jnp.inf, jnp.nan):
     out = after(tree, jnp.array([first, 2.0]))
-    jax.tree_util.tree_map(np.testing.assert_array_equal, out, tree)
+    assert bits(out) == bits(tree), first   # bit for bit: signed zeros, NaN, inf
     assert out["n"].dtype == tree["n"].dtype
   for empty in (None, (), jnp.zeros((0, 3))):   # nothing to wait for
     assert after(tree, empty) is tree

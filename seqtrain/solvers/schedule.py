@@ -7,7 +7,7 @@ cotangent. XLA may run the first part of every layer as soon as the forward
 pass ends, and then holds all of their outputs at once: the training step's
 peak memory grows by that much per layer. ``lax.optimization_barrier`` does
 not stop it on XLA:CPU (the barrier is expanded before scheduling), so
-:func:`after` ties the saved values to the cotangent through the data itself.
+:func:`after` ties the saved values to the cotangent through the data itself (``v - 0``, a zero computed from the cotangent).
 Measured effect: benchmarks/results/cpu-2core-2026-12-07/train_memory.md.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _zero_from(anchor):
   leaves = [l for l in jax.tree_util.tree_leaves(anchor) if jnp.size(l)]
   if not leaves:
     return None
-  return 0 * jnp.nan_to_num(jnp.real(jnp.ravel(leaves[0])[0]))
+  return 0 * jnp.abs(jnp.nan_to_num(jnp.real(jnp.ravel(leaves[0])[0])))   # always +0
 
 
 def after(tree, anchor, *, vary: bool = False):
@@ -51,6 +51,6 @@ def after(tree, anchor, *, vary: bool = False):
       if not vary:
         return leaf
       leaf = vma.varying(leaf, axes)
-    return leaf + zero.astype(leaf.dtype)
+    return leaf - zero.astype(leaf.dtype)   # v - (+0) is v bit for bit (-0, NaN, inf too)
 
   return jax.tree_util.tree_map(tie, tree)
