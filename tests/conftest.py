@@ -71,4 +71,3 @@ def _fresh_jax_caches():
   hundred programs and need not hold them all for the whole run."""
   yield
   jax.clear_caches()
-

@@ -19,8 +19,9 @@ import numpy as np
 
 from seqtrain.data.ts import DataFormatError, SeriesDataset, read_series_file
 
-__all__ = ["BUNDLED_DIR", "bundled_datasets", "dataset_folders", "split_file", "find_split_file", "load_split", "Splits",
-           "load_splits", "check_compatible", "unknown_classes", "relabel"]
+__all__ = ["BUNDLED_DIR", "bundled_datasets", "dataset_folders", "split_file", "find_split_file",
+           "load_split", "Splits", "load_splits", "check_compatible", "unknown_classes",
+           "relabel"]
 
 BUNDLED_DIR = Path(__file__).parent / "archive"
 SPLIT_FILES = {"train": "TRAIN", "test": "TEST", "validation": "VALIDATION"}

@@ -129,6 +129,7 @@ class UeaArchive(tfds.core.GeneratorBasedBuilder):
   Args (keyword only):
     source_dir: folder holding ``<Name>_TRAIN.ts`` / ``<Name>_TEST.ts`` (directly or in
       ``<Name>/``); default: the bundled data, then the download cache.
+    progress: while preparing, a progress line per split on stderr (download.Progress).
     config, data_dir, version, file_format: as for every tfds builder; the file format
       defaults to array_record.
   """
@@ -143,9 +144,11 @@ class UeaArchive(tfds.core.GeneratorBasedBuilder):
   # requires on Python < 3.9 and fails without; this builder downloads nothing.
   code_path = epath.Path(__file__)
 
-  def __init__(self, *, source_dir: str | os.PathLike | None = None, **kwargs: Any):
+  def __init__(self, *, source_dir: str | os.PathLike | None = None, progress: bool = False,
+               **kwargs: Any):
     # `_info()` runs inside the base constructor, so the source is set first.
     self._source_dir = None if source_dir is None else Path(source_dir).expanduser()
+    self._progress = progress
     kwargs.setdefault("file_format", _FILE_FORMAT)
     super().__init__(**kwargs)
     # For pickling: a predefined config is restored by name (tfds refuses a copy of it).
@@ -200,7 +203,7 @@ class UeaArchive(tfds.core.GeneratorBasedBuilder):
     self.info.metadata[split] = {"lengths": [int(n) for n in data.lengths],
                                  "labels": [int(y) for y in labels]}
     bar = (Progress(f"preparing {self.builder_config.name} {split}", len(data.series),
-                    unit="series") if getattr(self, "_progress", False) else None)
+                    unit="series") if self._progress else None)
     for i, (x, y) in enumerate(zip(data.series, labels)):
       yield i, {"series": x, "label": int(y), "length": np.int32(x.shape[0]),
                 "index": np.int64(i)}
@@ -211,9 +214,9 @@ class UeaArchive(tfds.core.GeneratorBasedBuilder):
 
 
 def _builder(name: str, data_dir: str | os.PathLike,
-             source_dir: str | os.PathLike | None = None) -> UeaArchive:
+             source_dir: str | os.PathLike | None = None, progress: bool = False) -> UeaArchive:
   return UeaArchive(config=archive_config(name), data_dir=os.fspath(data_dir),
-                    source_dir=source_dir)
+                    source_dir=source_dir, progress=progress)
 
 
 def _prepared_dir(name: str, data_dir: str | os.PathLike) -> Path:
@@ -257,8 +260,7 @@ def prepare(name: str, data_dir: str | os.PathLike,
   """
   if is_prepared(name, data_dir):
     return _builder(name, data_dir)
-  builder = _builder(name, data_dir, source_dir)
-  builder._progress = progress
+  builder = _builder(name, data_dir, source_dir, progress)
   with _tfds_silenced():
     builder.download_and_prepare(
         file_format=_FILE_FORMAT,

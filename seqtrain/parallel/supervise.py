@@ -199,12 +199,7 @@ def supervise(argv: Sequence[str], command: str, workdir: str | None, process: s
 
   previous = {s: signal.signal(s, forward) for s in _FORWARDED}
   try:
-    while True:
-      try:
-        code = child.wait()
-        break
-      except InterruptedError:   # pragma: no cover
-        continue
+    code = child.wait()   # retried by Python across the forwarded signals (PEP 475)
   finally:
     for s, h in previous.items():
       signal.signal(s, h)

@@ -124,11 +124,10 @@ def input_gradients(fz: Callable, params, z0, zprev, xs, mu, axis=None):
   enters the first device's block only.
 
   One VJP of the step at every position. Over a long sequence it runs block
-  by block (a scan adding up the parameters' cotangents): its intermediates
+  by block (a loop adding up the parameters' cotangents): its intermediates
   (the gates' cotangents, several times the states' size) then exist for one
   block at a time, not for all T steps."""
-  vjp_of = lambda zp, x, m: jax.vjp(lambda p, zp_, x_: _vmapped(fz)(p, zp_, x_),
-                                    params, zp, x)[1](m)
+  vjp_of = lambda zp, x, m: jax.vjp(_vmapped(fz), params, zp, x)[1](m)
   t = mu.shape[0]
   n = _time_blocks(t)
   if n == 1:

@@ -7,7 +7,8 @@ cotangent. XLA may run the first part of every layer as soon as the forward
 pass ends, and then holds all of their outputs at once: the training step's
 peak memory grows by that much per layer. ``lax.optimization_barrier`` does
 not stop it on XLA:CPU (the barrier is expanded before scheduling), so
-:func:`after` ties the saved values to the cotangent through the data itself (``v - 0``, a zero computed from the cotangent).
+:func:`after` ties the saved values to the cotangent through the data itself
+(``v - 0``, with a zero computed from the cotangent).
 Measured effect: benchmarks/results/cpu-2core-2026-12-07/train_memory.md.
 """
 from __future__ import annotations

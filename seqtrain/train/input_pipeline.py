@@ -95,7 +95,7 @@ def synthetic_split(config, split: str):
   stay at ``length``)."""
   from seqtrain.data.synthetic import TooShortError, make_task
   d = config.data
-  min_length = d.get("train_min_length", 0) if split == "train" else 0
+  min_length = d.train_min_length if split == "train" else 0
   try:
     return make_task(d.name, split=split, length=d.length, size=d[f"{split}_size"],
                      seed=config.seed, num_classes=d.num_classes, channels=d.channels,
@@ -160,7 +160,8 @@ def build_data(config, workdir: str | Path | None = None) -> DataBundle:
   description = (f"{d.name or d.train_file}: {len(train)} train / {len(val)} validation / "
                  f"{len(test) if test is not None else 0} test, {channels} channels, "
                  f"{len(class_names)} classes, length <= {max_length}")
-  return DataBundle(train, val, test, class_names, channels, description, normalizer, max_length)
+  return DataBundle(train, val, test, class_names, channels, description=description,
+                    normalizer=normalizer, max_length=max_length)
 
 
 def train_iterator(bundle: DataBundle, config, shard: ShardInfo):
